@@ -1,0 +1,48 @@
+"""hf_vit_flax: vision transformers in JAX/Flax, identical to their PyTorch originals, on the Hugging Face Hub.
+
+Importing the package registers every family with transformers' ``AutoConfig``, ``FlaxAutoModel``,
+``FlaxAutoModelForImageClassification`` and ``AutoImageProcessor``.
+"""
+
+from __future__ import annotations
+
+from .configuration_utils import VisionTransformerConfig
+from .convert import from_vit_pytorch
+from .families import FAMILIES
+from .modeling_utils import FlaxVisionPreTrainedModel
+from .models.vit.configuration_vit import ViTConfig
+from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
+from .predict import predict
+
+__version__ = "0.1.0"
+
+
+def _register_auto_classes() -> None:
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        FlaxAutoModel,
+        FlaxAutoModelForImageClassification,
+        ViTImageProcessor,
+    )
+
+    for family in FAMILIES.values():
+        AutoConfig.register(family.config_class.model_type, family.config_class, exist_ok=True)
+        FlaxAutoModel.register(family.config_class, family.model_class, exist_ok=True)
+        FlaxAutoModelForImageClassification.register(family.config_class, family.classifier_class, exist_ok=True)
+        AutoImageProcessor.register(family.config_class, slow_image_processor_class=ViTImageProcessor, exist_ok=True)
+
+
+_register_auto_classes()
+
+__all__ = [
+    "FAMILIES",
+    "FlaxViTForImageClassification",
+    "FlaxViTModel",
+    "FlaxVisionPreTrainedModel",
+    "ViT",
+    "ViTConfig",
+    "VisionTransformerConfig",
+    "from_vit_pytorch",
+    "predict",
+]

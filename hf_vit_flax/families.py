@@ -1,0 +1,44 @@
+"""The table of model families: one row per family, read by registration, converters and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .configuration_utils import VisionTransformerConfig
+from .modeling_utils import FlaxVisionPreTrainedModel
+from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    config_class: type[VisionTransformerConfig]
+    model_class: type[FlaxVisionPreTrainedModel]
+    classifier_class: type[FlaxVisionPreTrainedModel]
+    # vit-pytorch: the reference class ("module.Class"), reading a config off a live module, and
+    # the pure-numpy state-dict converter (returns the seed module's params).
+    vit_pytorch_class: str
+    config_from_vit_pytorch: Callable[[Any], VisionTransformerConfig]
+    convert_vit_pytorch: Callable[[dict, VisionTransformerConfig], dict]
+
+
+FAMILIES: dict[str, Family] = {
+    "vit": Family(
+        name="vit",
+        config_class=configuration_vit.ViTConfig,
+        model_class=modeling_flax_vit.FlaxViTModel,
+        classifier_class=modeling_flax_vit.FlaxViTForImageClassification,
+        vit_pytorch_class="vit_pytorch.vit.ViT",
+        config_from_vit_pytorch=convert_vit.config_from_vit_pytorch,
+        convert_vit_pytorch=convert_vit.convert_vit_pytorch,
+    ),
+}
+
+
+def family_of_config(config: VisionTransformerConfig) -> Family:
+    for family in FAMILIES.values():
+        if isinstance(config, family.config_class):
+            return family
+    raise TypeError(f"{type(config).__name__} is not the config of a hf_vit_flax family ({', '.join(FAMILIES)})")

@@ -1,0 +1,322 @@
+"""Building blocks shared by every family: attention, feed-forward, patch embedding, input checks.
+
+Conventions (see the package README): activations are NHWC / (batch, tokens, features); parameters are
+created in ``param_dtype`` (float32 by default) and the computation runs in ``dtype``; softmax and
+LayerNorm statistics are always computed in float32. Parameter names follow timm (``norm1``,
+``attn.qkv``, ``attn.proj``, ``mlp.fc1`` ...) so converters read as short rename tables.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class Features(NamedTuple):
+    """What every family's ``forward_features`` returns (the vocabulary of the HF wrappers).
+
+    ``hidden_states`` / ``attentions`` are tuples when asked for, else ``None``.
+    """
+
+    last_hidden_state: jax.Array
+    pooler_output: jax.Array
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+
+
+def pair(value: int | Sequence[int]) -> tuple[int, int]:
+    """``7 -> (7, 7)``; a length-2 sequence is returned as a tuple."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or a (height, width) pair, got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+# PyTorch's nn.GELU() is the exact erf form; flax's default is the tanh approximation (~1e-4 off).
+gelu = functools.partial(nn.gelu, approximate=False)
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None, **kwargs) -> nn.LayerNorm:
+    """LayerNorm computed like PyTorch's: two-pass variance, statistics in float32."""
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name, **kwargs
+    )
+
+
+def check_image(images: jax.Array, image_size: tuple[int, int], channels: int, *, family: str) -> None:
+    """Fail early, with the fix, on images a model cannot take (instead of an einops/XLA traceback)."""
+    if images.ndim != 4:
+        raise ValueError(
+            f"{family} expects a batch of images of shape (batch, height, width, channels), "
+            f"got an array of shape {tuple(images.shape)}"
+        )
+    _, height, width, got_channels = images.shape
+    if got_channels != channels:
+        hint = ""
+        if height == channels and got_channels != channels:
+            hint = " (this looks like NCHW input: the flax modules take NHWC, transpose with x.transpose(0, 2, 3, 1))"
+        raise ValueError(
+            f"{family} was built for {channels}-channel images but got {got_channels} channels "
+            f"in an input of shape {tuple(images.shape)}{hint}"
+        )
+    if (height, width) != tuple(image_size):
+        raise ValueError(
+            f"{family} was built for {image_size[0]}x{image_size[1]} images but got {height}x{width}; "
+            f"resize the images (e.g. with the model's image processor) or build the model with "
+            f"image_size=({height}, {width})"
+        )
+
+
+def check_divisible(image_size: tuple[int, int], patch_size: tuple[int, int]) -> None:
+    for axis, image, patch in (("height", image_size[0], patch_size[0]), ("width", image_size[1], patch_size[1])):
+        if image % patch != 0:
+            raise ValueError(f"image {axis} {image} is not divisible by patch {axis} {patch}")
+
+
+def patchify(images: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
+    """``b (h p1) (w p2) c -> b (h w) (p1 p2 c)``: the same feature order as vit-pytorch's NCHW rearrange."""
+    batch, height, width, channels = images.shape
+    p1, p2 = patch_size
+    x = images.reshape(batch, height // p1, p1, width // p2, p2, channels)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, (height // p1) * (width // p2), p1 * p2 * channels)
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scale: float,
+    dropout: nn.Dropout | None = None,
+    deterministic: bool = True,
+    bias: jax.Array | None = None,
+    return_weights: bool = False,
+) -> tuple[jax.Array, jax.Array | None]:
+    """Scaled dot-product attention over ``(batch, tokens, heads, head_dim)`` inputs.
+
+    The softmax runs in float32 whatever the computation dtype. ``bias`` is added to the logits
+    (broadcast against ``(batch, heads, q_tokens, k_tokens)``). Returns the output in the same
+    layout as ``q`` and, when asked, the attention probabilities ``(batch, heads, q, k)``.
+    """
+    dtype = q.dtype
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    weights = jax.nn.softmax(logits, axis=-1)
+    if dropout is not None:
+        weights = dropout(weights, deterministic=deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
+    return out, (weights if return_weights else None)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (Vaswani et al., arXiv 1706.03762) with a fused qkv projection.
+
+    ``project_out=False`` mirrors vit-pytorch, which drops the output projection when
+    ``heads == 1 and dim_head == dim``.
+    """
+
+    dim: int
+    heads: int = 8
+    dim_head: int = 64
+    dropout: float = 0.0
+    qkv_bias: bool = False
+    project_out: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.qkv = dense(3 * self.heads * self.dim_head, use_bias=self.qkv_bias)
+        self.attn_drop = nn.Dropout(self.dropout)
+        if self.project_out:
+            self.proj = dense(self.dim)
+            self.proj_drop = nn.Dropout(self.dropout)
+
+    def __call__(self, x, *, deterministic: bool = True, output_attentions: bool = False):
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        out, weights = attend(
+            q,
+            k,
+            v,
+            scale=self.dim_head**-0.5,
+            dropout=self.attn_drop,
+            deterministic=deterministic,
+            return_weights=output_attentions,
+        )
+        out = out.reshape(batch, tokens, self.heads * self.dim_head)
+        if self.project_out:
+            out = self.proj_drop(self.proj(out), deterministic=deterministic)
+        return out, weights
+
+
+class FeedForward(nn.Module):
+    """Linear -> exact GELU -> dropout -> Linear -> dropout."""
+
+    dim: int
+    hidden_dim: int
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = gelu(dense(self.hidden_dim, name="fc1")(x))
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = dense(self.dim, name="fc2")(x)
+        return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale (Touvron et al., "Going deeper with Image Transformers", arXiv 2103.17239)."""
+
+    dim: int
+    init_value: float = 1e-5
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (self.dim,), self.param_dtype)
+        return x * gamma.astype(x.dtype)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al., arXiv 1603.09382); identity unless training."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, with optional LayerScale / DropPath."""
+
+    dim: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+    qkv_bias: bool = False
+    project_out: bool = True
+    layer_norm_eps: float = 1e-5
+    layer_scale_init: float | None = None
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.norm1 = layer_norm(self.layer_norm_eps, **kw)
+        self.attn = Attention(
+            self.dim,
+            self.heads,
+            self.dim_head,
+            self.dropout,
+            qkv_bias=self.qkv_bias,
+            project_out=self.project_out,
+            **kw,
+        )
+        self.norm2 = layer_norm(self.layer_norm_eps, **kw)
+        self.mlp = FeedForward(self.dim, self.mlp_dim, self.dropout, **kw)
+        if self.layer_scale_init is not None:
+            self.ls1 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
+            self.ls2 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
+        self.drop_path1 = DropPath(self.drop_path)
+        self.drop_path2 = DropPath(self.drop_path)
+
+    def _scale(self, name: str, x):
+        return getattr(self, name)(x) if self.layer_scale_init is not None else x
+
+    def __call__(self, x, deterministic: bool = True, output_attentions: bool = False):
+        y, weights = self.attn(self.norm1(x), deterministic=deterministic, output_attentions=output_attentions)
+        x = x + self.drop_path1(self._scale("ls1", y), deterministic=deterministic)
+        y = self.mlp(self.norm2(x), deterministic=deterministic)
+        x = x + self.drop_path2(self._scale("ls2", y), deterministic=deterministic)
+        return x, weights
+
+
+def remat_if(module_cls: type[nn.Module], enabled: bool, static_argnums: tuple[int, ...] = (2, 3)):
+    """Gradient checkpointing that keeps parameter paths unchanged (``nn.remat`` wraps the class, not the scope).
+
+    ``static_argnums`` count ``self`` as 0: the default marks ``deterministic`` and ``output_attentions``
+    of ``TransformerBlock.__call__(self, x, deterministic, output_attentions)`` static.
+    """
+    return nn.remat(module_cls, static_argnums=static_argnums) if enabled else module_cls
+
+
+class Transformer(nn.Module):
+    """A stack of ``TransformerBlock`` s followed by an optional final LayerNorm (vit-pytorch's ``Transformer``).
+
+    Returns ``(x, hidden_states, attentions)``: ``hidden_states`` holds the input and every block's
+    output (before the final norm), as transformers does, when ``output_hidden_states``; else ``None``.
+    """
+
+    dim: int
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    dropout: float = 0.0
+    qkv_bias: bool = False
+    project_out: bool = True
+    layer_norm_eps: float = 1e-5
+    layer_scale_init: float | None = None
+    drop_path_rate: float = 0.0
+    final_norm: bool = True
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        block = remat_if(TransformerBlock, self.remat)
+        self.blocks = [
+            block(
+                self.dim,
+                self.heads,
+                self.dim_head,
+                self.mlp_dim,
+                self.dropout,
+                qkv_bias=self.qkv_bias,
+                project_out=self.project_out,
+                layer_norm_eps=self.layer_norm_eps,
+                layer_scale_init=self.layer_scale_init,
+                drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            for i in range(self.depth)
+        ]
+        if self.final_norm:
+            self.norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype)
+
+    def __call__(self, x, *, deterministic: bool = True, output_hidden_states: bool = False,
+                 output_attentions: bool = False):
+        hidden_states = (x,) if output_hidden_states else None
+        attentions = () if output_attentions else None
+        for block in self.blocks:
+            x, weights = block(x, deterministic, output_attentions)
+            if output_hidden_states:
+                hidden_states += (x,)
+            if output_attentions:
+                attentions += (weights,)
+        if self.final_norm:
+            x = self.norm(x)
+        return x, hidden_states, attentions

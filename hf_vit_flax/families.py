@@ -22,6 +22,12 @@ class Family:
     vit_pytorch_class: str
     config_from_vit_pytorch: Callable[[Any], VisionTransformerConfig]
     convert_vit_pytorch: Callable[[dict, VisionTransformerConfig], dict]
+    # timm (optional): architecture-name prefixes this family converts (e.g. ("cait_",)), reading a
+    # config off a live timm model (duck-typed, no torch import), and the pure-numpy converter from
+    # a timm state dict to the seed module's params.
+    timm_prefixes: tuple[str, ...] = ()
+    config_from_timm: Callable[[Any], VisionTransformerConfig] | None = None
+    convert_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
 
 
 FAMILIES: dict[str, Family] = {

@@ -1,0 +1,51 @@
+"""Test helpers: reference models with weights that exercise every mapping, and comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+
+PARITY_ATOL = 1e-5
+
+
+def randomize_(module, seed: int = 0):
+    """Give every parameter of a torch module values that make a wrong mapping visible.
+
+    LayerNorm scales ~ 1 + 0.2 N(0, 1) and biases ~ 0.2 N(0, 1) (a swapped scale/bias or a missing
+    bias changes the output), matrices ~ N(0, 1/fan_in) so that logits stay O(1).
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim <= 1:
+                base = 1.0 if name.endswith("weight") else 0.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(torch.randn(p.shape, generator=gen) / np.sqrt(max(fan_in, 1)))
+    return module.eval()
+
+
+def torch_logits(module, images_nchw: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return module(torch.from_numpy(images_nchw)).float().numpy()
+
+
+def max_abs_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def assert_parity(ours, reference, atol: float = PARITY_ATOL):
+    diff = max_abs_diff(ours, reference)
+    scale = float(np.max(np.abs(reference)))
+    assert scale > 0.1, f"reference logits are too small to be a meaningful test (max |logit| = {scale})"
+    assert diff <= atol, f"max |logits difference| {diff:.3e} > {atol:.0e} (max |logit| {scale:.2f})"
+    return diff
+
+
+def images(batch: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """NCHW float32 test images."""
+    return np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(np.float32)

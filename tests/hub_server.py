@@ -1,0 +1,186 @@
+"""A small Hugging Face Hub-compatible HTTP server for offline tests (127.0.0.1 only).
+
+It implements just the routes huggingface_hub's real client uses to create a repo, upload files in
+a commit and download them: ``POST /api/repos/create``, ``POST /api/validate-yaml``,
+``POST /api/models/<repo>/preupload/<rev>`` (every file is "regular", so contents travel inline in the
+commit), ``POST /api/models/<repo>/commit/<rev>`` (NDJSON), ``GET /api/models/<repo>[/revision/<rev>]``
+and ``HEAD``/``GET /<repo>/resolve/<rev>/<path>``. Files live in memory; every commit gets a new sha.
+
+Run it in a thread with :func:`serve` (a context manager yielding the endpoint URL), or as
+``python -m tests.hub_server PORT`` for manual experiments.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+
+def git_blob_sha1(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+class HubState:
+    def __init__(self):
+        self.repos: dict[str, dict] = {}  # repo_id -> {"sha": str, "files": {path: bytes}, "commits": [...]}
+        self.lock = threading.Lock()
+
+    def create(self, repo_id: str) -> bool:
+        with self.lock:
+            if repo_id in self.repos:
+                return False
+            self.repos[repo_id] = {"sha": hashlib.sha1(repo_id.encode()).hexdigest(), "files": {}, "commits": []}
+            return True
+
+    def commit(self, repo_id: str, summary: str, files: dict[str, bytes], deleted: list[str]) -> str:
+        with self.lock:
+            repo = self.repos[repo_id]
+            repo["files"].update(files)
+            for path in deleted:
+                repo["files"].pop(path, None)
+            repo["sha"] = hashlib.sha1((repo["sha"] + summary + str(sorted(files))).encode()).hexdigest()
+            repo["commits"].append({"summary": summary, "files": sorted(files), "sha": repo["sha"]})
+            return repo["sha"]
+
+
+REPO = r"(?P<repo>[^/]+/[^/]+|[^/]+)"
+
+
+class Handler(BaseHTTPRequestHandler):
+    state: HubState  # set on the subclass made by ``serve``
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, payload=None, headers: dict | None = None, head: bool = False, raw: bytes | None = None):
+        body = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _not_found(self, code: str, message: str, head: bool = False):
+        self._send(404, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message}, head=head)
+
+    # -- routes ----------------------------------------------------------------------------------
+    def do_POST(self):
+        path = unquote(urlparse(self.path).path)
+        body = self._body()
+        if path == "/api/repos/create":
+            data = json.loads(body)
+            repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+            created = self.state.create(repo_id)
+            url = f"http://{self.headers['Host']}/{repo_id}"
+            return self._send(200 if created else 409, {"url": url, "name": repo_id, "error": None if created else "exists"})
+        if path == "/api/validate-yaml":
+            return self._send(200, {})
+        m = re.fullmatch(rf"/api/models/{REPO}/preupload/(?P<rev>[^/]+)", path)
+        if m:
+            repo = self.state.repos.get(m["repo"])
+            if repo is None:
+                return self._not_found("RepoNotFound", "Repository not found")
+            files = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": git_blob_sha1(repo["files"][f["path"]]) if f["path"] in repo["files"] else None,
+                }
+                for f in json.loads(body)["files"]
+            ]
+            return self._send(200, {"files": files, "commitOid": repo["sha"]})
+        m = re.fullmatch(rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", path)
+        if m:
+            if m["repo"] not in self.state.repos:
+                return self._not_found("RepoNotFound", "Repository not found")
+            summary, files, deleted = "", {}, []
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                if item["key"] == "header":
+                    summary = item["value"].get("summary", "")
+                elif item["key"] == "file":
+                    files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                elif item["key"] == "deletedFile":
+                    deleted.append(item["value"]["path"])
+                else:
+                    return self._send(400, {"error": f"unsupported commit operation {item['key']}"})
+            sha = self.state.commit(m["repo"], summary, files, deleted)
+            host = self.headers["Host"]
+            return self._send(200, {"commitUrl": f"http://{host}/{m['repo']}/commit/{sha}", "commitOid": sha})
+        return self._send(404, {"error": f"no route for POST {path}"})
+
+    def _get(self, head: bool):
+        path = unquote(urlparse(self.path).path)
+        m = re.fullmatch(rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", path)
+        if m:
+            repo = self.state.repos.get(m["repo"])
+            if repo is None:
+                return self._not_found("RepoNotFound", "Repository not found", head)
+            info = {
+                "id": m["repo"],
+                "modelId": m["repo"],
+                "sha": repo["sha"],
+                "private": False,
+                "siblings": [{"rfilename": name} for name in sorted(repo["files"])],
+            }
+            return self._send(200, info, head=head)
+        m = re.fullmatch(rf"/{REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", path)
+        if m:
+            repo = self.state.repos.get(m["repo"])
+            if repo is None:
+                return self._not_found("RepoNotFound", "Repository not found", head)
+            content = repo["files"].get(m["file"])
+            if content is None:
+                return self._not_found("EntryNotFound", f"{m['file']} does not exist", head)
+            headers = {"X-Repo-Commit": repo["sha"], "ETag": f'"{git_blob_sha1(content)}"'}
+            return self._send(200, headers=headers, head=head, raw=content)
+        return self._send(404, {"error": f"no route for GET {path}"}, head=head)
+
+    def do_GET(self):
+        self._get(head=False)
+
+    def do_HEAD(self):
+        self._get(head=True)
+
+
+@contextlib.contextmanager
+def serve(state: HubState | None = None):
+    """Serve a Hub on 127.0.0.1 (a free port) in a background thread; yields ``(endpoint, state)``."""
+    state = state or HubState()
+    handler = type("BoundHandler", (Handler,), {"state": state})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+if __name__ == "__main__":
+    import sys
+    import time
+
+    with serve() as (endpoint, _):
+        print(endpoint, flush=True)
+        time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 3600)

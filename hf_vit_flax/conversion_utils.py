@@ -104,3 +104,46 @@ def check_tree(params: Mapping, expected: Mapping, what: str) -> dict:
                 lines.append(f"  {label} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise ValueError("\n".join(lines))
     return unflatten_dict({tuple(k.split("/")): np.asarray(v, dtype=np.float32) for k, v in got.items()})
+
+
+def resample_abs_pos_embed(
+    posemb: np.ndarray,
+    new_size: tuple[int, int],
+    old_size: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+) -> np.ndarray:
+    """Resample absolute position embeddings to a new patch grid, as timm's ``resample_abs_pos_embed``.
+
+    ``posemb`` is ``(tokens, dim)`` or ``(1, tokens, dim)``: ``num_prefix_tokens`` embeddings (class,
+    register, distillation tokens), kept as they are, then a row-major ``old_size`` grid (square when
+    not given), which is resized to ``new_size`` with bicubic interpolation and antialiasing
+    (timm's default; JAX's bicubic kernel and PyTorch's antialiased one are the same, a = -0.5).
+    Returns an array of the input's rank, float32.
+    """
+    import math
+
+    import jax
+    import jax.numpy as jnp
+
+    squeeze = posemb.ndim == 3
+    tokens = np.asarray(posemb[0] if squeeze else posemb, dtype=np.float32)
+    prefix, grid = tokens[:num_prefix_tokens], tokens[num_prefix_tokens:]
+    if old_size is None:
+        side = math.isqrt(grid.shape[0])
+        if side * side != grid.shape[0]:
+            raise ValueError(
+                f"{grid.shape[0]} position embeddings (after {num_prefix_tokens} prefix tokens) are not a square "
+                f"grid: give the old grid size (height, width)"
+            )
+        old_size = (side, side)
+    old_size, new_size = tuple(int(s) for s in old_size), tuple(int(s) for s in new_size)
+    if old_size[0] * old_size[1] != grid.shape[0]:
+        raise ValueError(f"{grid.shape[0]} position embeddings do not form a {old_size[0]}x{old_size[1]} grid")
+    if old_size != new_size:
+        dim = grid.shape[-1]
+        resized = jax.image.resize(
+            jnp.asarray(grid.reshape(*old_size, dim)), (*new_size, dim), method="bicubic", antialias=True
+        )
+        grid = np.asarray(resized, dtype=np.float32).reshape(-1, dim)
+    out = np.concatenate([prefix, grid], axis=0)
+    return out[None] if squeeze else out

@@ -44,6 +44,19 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
 gelu = functools.partial(nn.gelu, approximate=False)
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """OpenAI CLIP's sigmoid approximation of GELU, ``x * sigmoid(1.702 x)``."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# Feed-forward activations by name (names as in timm's ``act_layer``); "gelu" is the exact form.
+ACTIVATIONS = {
+    "gelu": gelu,
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+    "quick_gelu": quick_gelu,
+}
+
+
 def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None, **kwargs) -> nn.LayerNorm:
     """LayerNorm computed like PyTorch's: two-pass variance, statistics in float32."""
     return nn.LayerNorm(
@@ -169,11 +182,12 @@ class FeedForward(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    activation: str = "gelu"  # a key of ACTIVATIONS
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-        x = gelu(dense(self.hidden_dim, name="fc1")(x))
+        x = ACTIVATIONS[self.activation](dense(self.hidden_dim, name="fc1")(x))
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = dense(self.dim, name="fc2")(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
@@ -221,6 +235,7 @@ class TransformerBlock(nn.Module):
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    activation: str = "gelu"
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -235,7 +250,7 @@ class TransformerBlock(nn.Module):
             **kw,
         )
         self.norm2 = layer_norm(self.layer_norm_eps, **kw)
-        self.mlp = FeedForward(self.dim, self.mlp_dim, self.dropout, **kw)
+        self.mlp = FeedForward(self.dim, self.mlp_dim, self.dropout, activation=self.activation, **kw)
         if self.layer_scale_init is not None:
             self.ls1 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
             self.ls2 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
@@ -284,6 +299,7 @@ class Transformer(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    activation: str = "gelu"
 
     def setup(self):
         block = remat_if(TransformerBlock, self.remat)
@@ -301,6 +317,7 @@ class Transformer(nn.Module):
                 drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                activation=self.activation,
             )
             for i in range(self.depth)
         ]

@@ -1,4 +1,8 @@
-"""Configuration of the ViT family (Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv 2010.11929)."""
+"""Configuration of the ViT family (Dosovitskiy et al., "An Image is Worth 16x16 Words", arXiv 2010.11929).
+
+One config expresses both lucidrains' vit-pytorch ``ViT`` (the defaults) and timm's ``VisionTransformer``
+(ViT, DeiT, DeiT III, CLIP-style and register-token variants) through documented options.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,32 @@ class ViTConfig(VisionTransformerConfig):
         channels: input channels.
         dropout: dropout in attention probabilities, projections and feed-forward layers.
         emb_dropout: dropout after adding the position embedding.
-        layer_norm_eps: LayerNorm epsilon (vit-pytorch uses PyTorch's default, 1e-5).
+        layer_norm_eps: LayerNorm epsilon (vit-pytorch uses PyTorch's default, 1e-5; timm's ViT/DeiT 1e-6,
+            its CLIP-style models 1e-5).
+
+    Options of timm's ``VisionTransformer`` (the defaults keep vit-pytorch's model):
+        patch_embedding: ``'norm_linear'`` (vit-pytorch: patch LayerNorm -> Linear -> LayerNorm) or
+            ``'conv'`` (timm / the paper: a Conv2d with kernel = stride = patch size, no padding).
+        patch_bias: whether the ``'conv'`` patch embedding has a bias (timm drops it with ``pre_norm``).
+        qkv_bias: a bias in the fused query/key/value projection (timm's default; vit-pytorch has none).
+        class_token: prepend a class token; ``None`` means "when ``pool == 'cls'``" (vit-pytorch).
+        reg_tokens: number of register tokens after the class token ("Vision Transformers Need
+            Registers", arXiv 2309.16588).
+        distilled: DeiT's distillation token after the class token and a second head ``head_dist``
+            (arXiv 2012.12877); the logits are the mean of both heads (timm's inference behaviour).
+        no_embed_class: the position embedding covers only the patches; the prefix tokens (class,
+            register, distillation) get none (DeiT III, big_vision).
+        pre_norm: a LayerNorm ``norm_pre`` after the position embedding (CLIP).
+        final_norm: whether there is a final LayerNorm at all.
+        fc_norm: the final LayerNorm is applied after pooling (``fc_norm``) instead of to the tokens
+            (timm's default with ``global_pool='avg'``).
+        layer_scale_init: LayerScale ``init_values`` (DeiT III, arXiv 2204.07118); ``None`` disables it.
+        mlp_activation: ``'gelu'`` (exact), ``'gelu_tanh'`` or ``'quick_gelu'`` (OpenAI CLIP).
+        drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this rate.
+        head_dropout: dropout before the classification head(s).
+
+    ``pool='mean'`` averages the patch tokens, leaving out the prefix tokens (timm's ``'avg'``; with
+    no prefix tokens this is vit-pytorch's mean over all tokens).
     """
 
     model_type = "vit_flax"
@@ -54,6 +83,20 @@ class ViTConfig(VisionTransformerConfig):
         dropout: float = 0.0,
         emb_dropout: float = 0.0,
         layer_norm_eps: float = 1e-5,
+        patch_embedding: str = "norm_linear",
+        patch_bias: bool = True,
+        qkv_bias: bool = False,
+        class_token: bool | None = None,
+        reg_tokens: int = 0,
+        distilled: bool = False,
+        no_embed_class: bool = False,
+        pre_norm: bool = False,
+        final_norm: bool = True,
+        fc_norm: bool = False,
+        layer_scale_init: float | None = None,
+        mlp_activation: str = "gelu",
+        drop_path_rate: float = 0.0,
+        head_dropout: float = 0.0,
         **kwargs,
     ):
         self.image_size = as_json_size(image_size)
@@ -68,14 +111,32 @@ class ViTConfig(VisionTransformerConfig):
         self.dropout = dropout
         self.emb_dropout = emb_dropout
         self.layer_norm_eps = layer_norm_eps
+        self.patch_embedding = patch_embedding
+        self.patch_bias = patch_bias
+        self.qkv_bias = qkv_bias
+        self.class_token = class_token
+        self.reg_tokens = reg_tokens
+        self.distilled = distilled
+        self.no_embed_class = no_embed_class
+        self.pre_norm = pre_norm
+        self.final_norm = final_norm
+        self.fc_norm = fc_norm
+        self.layer_scale_init = layer_scale_init
+        self.mlp_activation = mlp_activation
+        self.drop_path_rate = drop_path_rate
+        self.head_dropout = head_dropout
         super().__init__(num_classes=num_classes, **kwargs)
 
     def validate(self) -> None:
         check_positive(dim=self.dim, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
                        dim_head=self.dim_head, channels=self.channels)
-        check_rate(dropout=self.dropout, emb_dropout=self.emb_dropout)
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' (class token) or 'mean' (mean pooling), got {self.pool!r}")
+        check_rate(dropout=self.dropout, emb_dropout=self.emb_dropout, drop_path_rate=self.drop_path_rate,
+                   head_dropout=self.head_dropout)
+        check_vit_options(
+            pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
+            reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
+            layer_scale_init=self.layer_scale_init,
+        )  # fmt: skip
         (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
         if height % patch_h or width % patch_w:
             raise ValueError(
@@ -98,4 +159,53 @@ class ViTConfig(VisionTransformerConfig):
             dropout=self.dropout,
             emb_dropout=self.emb_dropout,
             layer_norm_eps=self.layer_norm_eps,
+            patch_embedding=self.patch_embedding,
+            patch_bias=self.patch_bias,
+            qkv_bias=self.qkv_bias,
+            class_token=self.class_token,
+            reg_tokens=self.reg_tokens,
+            distilled=self.distilled,
+            no_embed_class=self.no_embed_class,
+            pre_norm=self.pre_norm,
+            final_norm=self.final_norm,
+            fc_norm=self.fc_norm,
+            layer_scale_init=self.layer_scale_init,
+            mlp_activation=self.mlp_activation,
+            drop_path_rate=self.drop_path_rate,
+            head_dropout=self.head_dropout,
         )
+
+
+PATCH_EMBEDDINGS = ("norm_linear", "conv")
+MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the keys of layers.ACTIVATIONS (no jax import here)
+
+
+def check_vit_options(
+    *,
+    pool: str,
+    patch_embedding: str,
+    class_token: bool | None,
+    reg_tokens: int,
+    distilled: bool,
+    mlp_activation: str,
+    layer_scale_init: float | None,
+) -> None:
+    """Shared by ``ViTConfig.validate`` and ``ViT.setup``: combinations the model cannot express."""
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"pool must be 'cls' (class token) or 'mean' (mean pooling), got {pool!r}")
+    if patch_embedding not in PATCH_EMBEDDINGS:
+        raise ValueError(f"patch_embedding must be one of {PATCH_EMBEDDINGS}, got {patch_embedding!r}")
+    if mlp_activation not in MLP_ACTIVATIONS:
+        raise ValueError(f"mlp_activation must be one of {MLP_ACTIVATIONS}, got {mlp_activation!r}")
+    if int(reg_tokens) < 0:
+        raise ValueError(f"reg_tokens must be >= 0, got {reg_tokens}")
+    has_class_token = pool == "cls" if class_token is None else bool(class_token)
+    if pool == "cls" and not has_class_token:
+        raise ValueError("pool='cls' reads the class token: set class_token=True or pool='mean'")
+    if distilled and (pool != "cls" or not has_class_token or reg_tokens):
+        raise ValueError(
+            "distilled=True (DeiT) reads the class and distillation tokens: it needs pool='cls', a class token "
+            "and no register tokens"
+        )
+    if layer_scale_init is not None and not float(layer_scale_init) > 0:
+        raise ValueError(f"layer_scale_init must be a positive float or None (no LayerScale), got {layer_scale_init}")

@@ -1,4 +1,5 @@
-"""Weights of vit-pytorch's ``ViT`` -> ``FlaxViTForImageClassification`` (pure numpy; no torch import).
+"""Weights of vit-pytorch's ``ViT`` and timm's ``VisionTransformer`` / ``VisionTransformerDistilled``
+-> ``FlaxViTForImageClassification`` (pure numpy; no torch import).
 
 vit-pytorch layout -> ours:
   to_patch_embedding.{1,2,3}                -> patch_embed.{patch_norm, proj, norm}
@@ -6,6 +7,14 @@ vit-pytorch layout -> ours:
   transformer.layers.i.0.{norm,to_qkv,to_out.0} -> transformer.blocks_i.{norm1, attn.qkv, attn.proj}
   transformer.layers.i.1.net.{0,1,4}        -> transformer.blocks_i.{norm2, mlp.fc1, mlp.fc2}
   transformer.norm, mlp_head                -> transformer.norm, head
+
+timm layout -> ours (``config_from_timm`` reads the options off a live model, ``convert_timm`` maps weights):
+  patch_embed.proj (Conv2d)                 -> patch_embed.proj (Conv, kernel (kh, kw, in, out))
+  cls_token, reg_token, dist_token (1, n, d) -> cls_token, reg_token, dist_token (n, d)
+  pos_embed (1, n, d)                       -> pos_embedding (n, d), resampled to the config's grid
+  norm_pre, norm, fc_norm, head, head_dist  -> norm_pre, transformer.norm, fc_norm, head, head_dist
+  blocks.i.{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}
+                                            -> transformer.blocks_i.(same names)
 """
 
 from __future__ import annotations
@@ -16,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ...conversion_utils import StateDictReader
+from ...conversion_utils import StateDictReader, resample_abs_pos_embed
+from ...layers import pair
 from .configuration_vit import ViTConfig
 
 
@@ -83,4 +93,267 @@ def convert_vit_pytorch(state_dict: Mapping[str, np.ndarray], config: ViTConfig)
     if "mlp_head.weight" in sd:
         params["head"] = sd.linear("mlp_head")
     sd.finish("vit-pytorch ViT")
+    return params
+
+
+# -- timm ---------------------------------------------------------------------------------------------
+
+# timm activation modules -> ``ViTConfig.mlp_activation``.
+_TIMM_ACTIVATIONS = {"GELU": "gelu", "GELUTanh": "gelu_tanh", "QuickGELU": "quick_gelu"}
+
+
+def _is_identity(module: Any) -> bool:
+    return module is None or type(module).__name__ == "Identity"
+
+
+def _dropout_rate(module: Any) -> float:
+    return 0.0 if _is_identity(module) else float(module.p)
+
+
+def _layer_norm_eps(module: Any, where: str, missing: list[str]) -> float | None:
+    """eps of a LayerNorm with scale and bias; anything else is recorded as a missing feature."""
+    name = type(module).__name__
+    if name != "LayerNorm":
+        missing.append(f"{name} normalisation in {where} (only LayerNorm is expressed)")
+        return None
+    if getattr(module, "weight", None) is None or getattr(module, "bias", None) is None:
+        missing.append(f"a LayerNorm without scale or bias in {where}")
+        return None
+    return float(module.eps)
+
+
+def _activation(act: Any, missing: list[str]) -> str | None:
+    name = type(act).__name__
+    if name == "GELU":
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    if name in _TIMM_ACTIVATIONS:
+        return _TIMM_ACTIVATIONS[name]
+    missing.append(f"MLP activation {name} (expressed: {', '.join(sorted(_TIMM_ACTIVATIONS))})")
+    return None
+
+
+def config_from_timm(model: Any) -> ViTConfig:
+    """Read a ``ViTConfig`` off a live timm ``VisionTransformer`` / ``VisionTransformerDistilled``.
+
+    Duck-typed (torch is never imported here). Anything timm can build that ``ViT`` does not
+    express (another block, attention or MLP type, a non-LayerNorm norm, attention pooling, a
+    dynamic image size, patch dropout, qk-norm ...) raises ``NotImplementedError`` naming every such
+    feature, rather than yielding a model that computes something else.
+    """
+    cls = type(model).__name__
+    if cls not in ("VisionTransformer", "VisionTransformerDistilled"):
+        raise NotImplementedError(
+            f"timm {cls} is not expressed by the ViT family (only VisionTransformer and VisionTransformerDistilled)"
+        )
+    missing: list[str] = []
+    eps: set[float] = set()
+
+    def norm(module: Any, where: str) -> bool:
+        """True for a LayerNorm (its eps recorded), False for Identity."""
+        if _is_identity(module):
+            return False
+        value = _layer_norm_eps(module, where, missing)
+        if value is not None:
+            eps.add(value)
+        return True
+
+    # -- embedding
+    embed = model.patch_embed
+    if getattr(model, "dynamic_img_size", False):
+        missing.append("a dynamic image size (dynamic_img_size=True)")
+    if type(embed).__name__ != "PatchEmbed":
+        missing.append(f"patch embedding {type(embed).__name__} (only the plain conv PatchEmbed is expressed)")
+        raise NotImplementedError(_missing_message(model, missing))
+    if getattr(embed, "dynamic_img_pad", False):
+        missing.append("dynamic image padding (dynamic_img_pad=True)")
+    if not _is_identity(getattr(embed, "norm", None)):
+        missing.append("a normalisation layer inside the patch embedding (embed_norm_layer)")
+    if not getattr(embed, "flatten", True):
+        missing.append("a patch embedding that does not flatten its output")
+    proj = embed.proj
+    patch_size = tuple(int(p) for p in embed.patch_size)
+    if (
+        tuple(proj.kernel_size) != patch_size
+        or tuple(proj.stride) != patch_size
+        or tuple(proj.padding) != (0, 0)
+        or tuple(proj.dilation) != (1, 1)
+        or proj.groups != 1
+    ):
+        missing.append("a patch-embedding convolution other than kernel = stride = patch size without padding")
+    image_size = tuple(int(s) for s in embed.img_size)
+    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+        missing.append(f"an image size {image_size} not divisible by the patch size {patch_size}")
+    if getattr(model, "pos_embed", None) is None:
+        missing.append("no absolute position embedding (pos_embed='none')")
+    if not _is_identity(getattr(model, "patch_drop", None)):
+        missing.append("patch dropout (patch_drop_rate > 0)")
+    pre_norm = norm(getattr(model, "norm_pre", None), "norm_pre")
+
+    # -- pooling and head
+    distilled = cls == "VisionTransformerDistilled"
+    global_pool = model.global_pool
+    if getattr(model, "attn_pool", None) is not None:
+        missing.append(f"attention pooling (global_pool={global_pool!r}, {type(model.attn_pool).__name__})")
+    elif global_pool not in ("token", "avg"):
+        missing.append(f"global_pool={global_pool!r} (expressed: 'token' and 'avg')")
+    if getattr(model, "pool_include_prefix", False):
+        missing.append("pooling that includes the prefix tokens (pool_include_prefix=True)")
+    has_norm = norm(model.norm, "norm")
+    has_fc_norm = norm(model.fc_norm, "fc_norm")
+    num_classes = int(model.head.out_features) if not _is_identity(model.head) else 0
+    reg_tokens = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if distilled and reg_tokens:
+        missing.append("register tokens together with a distillation token")
+
+    # -- blocks (all alike)
+    blocks = list(model.blocks)
+    found: set[tuple] = set()
+    drop_path: list[float] = []
+    dropouts: set[float] = set()
+    for i, block in enumerate(blocks):
+        where = f"blocks.{i}"
+        if type(block).__name__ != "Block":
+            missing.append(f"block type {type(block).__name__} (only the pre-norm Block is expressed)")
+            break
+        attn, mlp = block.attn, block.mlp
+        if type(attn).__name__ != "Attention":
+            missing.append(f"attention type {type(attn).__name__}")
+            break
+        if not (_is_identity(getattr(attn, "q_norm", None)) and _is_identity(getattr(attn, "k_norm", None))):
+            missing.append("qk_norm (a norm on queries and keys)")
+        if not _is_identity(getattr(attn, "norm", None)):
+            missing.append("scale_attn_norm (a norm before the attention projection)")
+        if getattr(attn, "gate", None) is not None:
+            missing.append("gated attention")
+        if attn.proj.bias is None:
+            missing.append("proj_bias=False")
+        if type(mlp).__name__ != "Mlp" or type(mlp.fc1).__name__ != "Linear":
+            missing.append(f"MLP type {type(mlp).__name__} (only the two-layer Mlp is expressed)")
+            break
+        if not _is_identity(getattr(mlp, "norm", None)):
+            missing.append("scale_mlp_norm (a norm inside the MLP)")
+        if mlp.fc1.bias is None or mlp.fc2.bias is None:
+            missing.append("an MLP without biases")
+        activation = _activation(mlp.act, missing)
+        norm(block.norm1, f"{where}.norm1")
+        norm(block.norm2, f"{where}.norm2")
+        layer_scale = None if _is_identity(block.ls1) else float(block.ls1.init_values)
+        if _is_identity(block.ls1) != _is_identity(block.ls2):
+            missing.append("LayerScale on only one branch of a block")
+        found.add((
+            attn.num_heads, attn.head_dim, attn.qkv.out_features, attn.qkv.bias is not None,
+            mlp.fc1.out_features, activation, layer_scale is not None,
+        ))  # fmt: skip
+        drop_path.append(0.0 if _is_identity(block.drop_path1) else float(block.drop_path1.drop_prob))
+        dropouts.update({_dropout_rate(attn.attn_drop), _dropout_rate(attn.proj_drop),
+                         _dropout_rate(mlp.drop1), _dropout_rate(mlp.drop2)})  # fmt: skip
+    if len(found) > 1:
+        missing.append("blocks that differ from each other")
+    if len(eps) > 1:
+        missing.append(f"LayerNorms with different eps {sorted(eps)}")
+    if len(dropouts) > 1:
+        missing.append(f"different dropout rates in attention and MLP {sorted(dropouts)}")
+    if missing:
+        raise NotImplementedError(_missing_message(model, missing))
+
+    heads, head_dim, qkv_out, qkv_bias, mlp_dim, activation, _ = found.pop()
+    if qkv_out != 3 * heads * head_dim:
+        raise NotImplementedError(_missing_message(model, [f"a qkv projection of width {qkv_out}"]))
+    drop_path_rate = drop_path[-1] if drop_path else 0.0
+    expected = [drop_path_rate * i / max(len(blocks) - 1, 1) for i in range(len(blocks))]
+    if any(abs(a - b) > 1e-6 for a, b in zip(drop_path, expected, strict=True)):
+        raise NotImplementedError(_missing_message(model, ["a stochastic-depth schedule that is not linear"]))
+
+    def size(value: tuple[int, int]):
+        return value[0] if value[0] == value[1] else value
+
+    return ViTConfig(
+        image_size=size(image_size),
+        patch_size=size(patch_size),
+        num_classes=num_classes,
+        dim=int(model.embed_dim),
+        depth=len(blocks),
+        heads=int(heads),
+        mlp_dim=int(mlp_dim),
+        pool="cls" if global_pool == "token" else "mean",
+        channels=int(proj.in_channels),
+        dim_head=int(head_dim),
+        dropout=dropouts.pop() if dropouts else 0.0,
+        emb_dropout=_dropout_rate(getattr(model, "pos_drop", None)),
+        layer_norm_eps=eps.pop() if eps else 1e-6,
+        patch_embedding="conv",
+        patch_bias=proj.bias is not None,
+        qkv_bias=bool(qkv_bias),
+        class_token=getattr(model, "cls_token", None) is not None,
+        reg_tokens=reg_tokens,
+        distilled=distilled,
+        no_embed_class=bool(getattr(model, "no_embed_class", False)),
+        pre_norm=pre_norm,
+        final_norm=has_norm or has_fc_norm,
+        fc_norm=has_fc_norm,
+        layer_scale_init=float(blocks[0].ls1.init_values) if blocks and not _is_identity(blocks[0].ls1) else None,
+        mlp_activation=activation or "gelu",
+        drop_path_rate=drop_path_rate,
+        head_dropout=_dropout_rate(getattr(model, "head_drop", None)),
+    )
+
+
+def _missing_message(model: Any, missing: list[str]) -> str:
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    unique = list(dict.fromkeys(missing))
+    return f"timm {arch} uses what hf_vit_flax's ViT does not express: " + "; ".join(unique)
+
+
+def convert_timm(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dict:
+    """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` state dict (numpy) -> ``ViT`` params.
+
+    The position embedding is resampled (bicubic, antialiased, prefix tokens kept, as timm's
+    ``checkpoint_filter_fn``) when the checkpoint's grid differs from the config's image size.
+    The result is checked strictly by ``FlaxViTForImageClassification.from_params``.
+    """
+    if config.patch_embedding != "conv":
+        raise ValueError("a timm checkpoint needs ViTConfig(patch_embedding='conv', ...) (timm's conv PatchEmbed)")
+    sd = StateDictReader(state_dict)
+    has_class_token = config.pool == "cls" if config.class_token is None else bool(config.class_token)
+    present = {"cls_token": has_class_token, "reg_token": config.reg_tokens > 0, "dist_token": config.distilled}
+    num_prefix = int(has_class_token) + int(config.reg_tokens) + int(config.distilled)
+
+    def tokens(key: str) -> np.ndarray:
+        value = sd.pop(key)
+        return value.reshape(-1, value.shape[-1])
+
+    params: dict[str, Any] = {"patch_embed": {"proj": sd.conv("patch_embed.proj", bias=config.patch_bias)}}
+    params.update({key: tokens(key) for key, on in present.items() if on})
+    (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
+    grid = (height // patch_h, width // patch_w)
+    in_pos = 0 if config.no_embed_class else num_prefix
+    pos_embedding = tokens("pos_embed")
+    if pos_embedding.shape[0] != grid[0] * grid[1] + in_pos:
+        pos_embedding = resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)
+    params["pos_embedding"] = pos_embedding
+    if config.pre_norm:
+        params["norm_pre"] = sd.layer_norm("norm_pre")
+    transformer: dict[str, Any] = {}
+    for i in range(config.depth):
+        p = f"blocks.{i}"
+        block = {
+            "norm1": sd.layer_norm(f"{p}.norm1"),
+            "attn": {"qkv": sd.linear(f"{p}.attn.qkv", bias=config.qkv_bias), "proj": sd.linear(f"{p}.attn.proj")},
+            "norm2": sd.layer_norm(f"{p}.norm2"),
+            "mlp": {"fc1": sd.linear(f"{p}.mlp.fc1"), "fc2": sd.linear(f"{p}.mlp.fc2")},
+        }
+        if config.layer_scale_init is not None:
+            block["ls1"] = {"gamma": sd.pop(f"{p}.ls1.gamma")}
+            block["ls2"] = {"gamma": sd.pop(f"{p}.ls2.gamma")}
+        transformer[f"blocks_{i}"] = block
+    if config.final_norm and not config.fc_norm:
+        transformer["norm"] = sd.layer_norm("norm")
+    params["transformer"] = transformer
+    if config.final_norm and config.fc_norm:
+        params["fc_norm"] = sd.layer_norm("fc_norm")
+    if config.num_labels > 0:
+        params["head"] = sd.linear("head")
+        if config.distilled:
+            params["head_dist"] = sd.linear("head_dist")
+    sd.finish("timm VisionTransformer")
     return params

@@ -4,6 +4,13 @@
 ``ViT`` computes the same function as lucidrains' vit-pytorch ``vit_pytorch.vit.ViT``: patch
 LayerNorm -> Linear -> LayerNorm embedding, a class token (``pool='cls'``) or none (``pool='mean'``),
 learned position embeddings, pre-norm blocks with exact GELU, a final LayerNorm, then the head.
+
+With its further options the same module is timm's ``VisionTransformer`` / ``VisionTransformerDistilled``
+(``timm/models/vision_transformer.py``, ``deit.py``): conv patch embedding, qkv bias, class / register /
+distillation tokens ("Training data-efficient image transformers & distillation through attention",
+arXiv 2012.12877; "Vision Transformers Need Registers", arXiv 2309.16588), position embeddings with or
+without slots for those tokens, CLIP's ``norm_pre``, LayerScale ("DeiT III: Revenge of the ViT",
+arXiv 2204.07118), token or average pooling with ``fc_norm``, and stochastic depth.
 The Hugging Face classes below are config-driven shells around the same module.
 """
 
@@ -17,7 +24,7 @@ import jax.numpy as jnp
 
 from ...layers import Features, Transformer, check_divisible, check_image, layer_norm, pair, patchify
 from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from .configuration_vit import ViTConfig
+from .configuration_vit import ViTConfig, check_vit_options
 
 
 class PatchEmbedding(nn.Module):
@@ -37,12 +44,42 @@ class PatchEmbedding(nn.Module):
         return layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
 
 
+class ConvPatchEmbedding(nn.Module):
+    """timm's ``PatchEmbed``: a Conv2d with kernel = stride = patch size and no padding, then flatten."""
+
+    dim: int
+    patch_size: tuple[int, int]
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):
+        x = nn.Conv(
+            self.dim,
+            self.patch_size,
+            strides=self.patch_size,
+            padding=((0, 0), (0, 0)),  # PyTorch's padding=0, not 'SAME'
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="proj",
+        )(images)
+        return x.reshape(x.shape[0], -1, self.dim)  # (b, h, w, d) -> (b, h w, d), row-major like timm
+
+
 class ViT(nn.Module):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
     it returns the normed tokens ``(batch, tokens, dim)``, as vit-pytorch does. Dropout (``dropout``,
     ``emb_dropout``) is active only with ``train=True`` and then needs a ``'dropout'`` rng.
+
+    The options after ``layer_norm_eps`` express timm's ``VisionTransformer`` (see ``ViTConfig``);
+    their defaults keep vit-pytorch's model. ``forward_features`` returns the tokens after the final
+    norm and the pooled features: the class token, the mean of the patch tokens (``pool='mean'``,
+    then ``fc_norm`` when set), or, for a distilled model, the class and distillation tokens
+    stacked as ``(batch, 2, dim)`` (its two heads read one each).
     """
 
     image_size: int | tuple[int, int]
@@ -58,51 +95,114 @@ class ViT(nn.Module):
     dropout: float = 0.0
     emb_dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    patch_embedding: str = "norm_linear"
+    patch_bias: bool = True
+    qkv_bias: bool = False
+    class_token: bool | None = None
+    reg_tokens: int = 0
+    distilled: bool = False
+    no_embed_class: bool = False
+    pre_norm: bool = False
+    final_norm: bool = True
+    fc_norm: bool = False
+    layer_scale_init: float | None = None
+    mlp_activation: str = "gelu"
+    drop_path_rate: float = 0.0
+    head_dropout: float = 0.0
     remat: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
+    @property
+    def has_class_token(self) -> bool:
+        return self.pool == "cls" if self.class_token is None else bool(self.class_token)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Class, register and distillation tokens, which precede the patch tokens."""
+        return int(self.has_class_token) + int(self.distilled) + int(self.reg_tokens)
+
     def setup(self):
         image_size, patch_size = pair(self.image_size), pair(self.patch_size)
         check_divisible(image_size, patch_size)
-        if self.pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' (class token) or 'mean' (mean pooling), got {self.pool!r}")
+        check_vit_options(
+            pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
+            reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
+            layer_scale_init=self.layer_scale_init,
+        )  # fmt: skip
         num_patches = (image_size[0] // patch_size[0]) * (image_size[1] // patch_size[1])
-        num_prefix_tokens = 1 if self.pool == "cls" else 0
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        token_init = nn.initializers.normal(1.0)
 
-        self.patch_embed = PatchEmbedding(self.dim, patch_size, self.layer_norm_eps, **kw)
-        if num_prefix_tokens:
-            self.cls_token = self.param("cls_token", nn.initializers.normal(1.0), (1, self.dim), self.param_dtype)
-        self.pos_embedding = self.param(
-            "pos_embedding", nn.initializers.normal(1.0), (num_patches + num_prefix_tokens, self.dim), self.param_dtype
-        )
+        if self.patch_embedding == "conv":
+            self.patch_embed = ConvPatchEmbedding(self.dim, patch_size, self.patch_bias, **kw)
+        else:
+            self.patch_embed = PatchEmbedding(self.dim, patch_size, self.layer_norm_eps, **kw)
+        if self.has_class_token:
+            self.cls_token = self.param("cls_token", token_init, (1, self.dim), self.param_dtype)
+        if self.reg_tokens:
+            self.reg_token = self.param("reg_token", token_init, (self.reg_tokens, self.dim), self.param_dtype)
+        if self.distilled:
+            self.dist_token = self.param("dist_token", token_init, (1, self.dim), self.param_dtype)
+        num_embedded = num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+        self.pos_embedding = self.param("pos_embedding", token_init, (num_embedded, self.dim), self.param_dtype)
         self.emb_drop = nn.Dropout(self.emb_dropout)
-        # vit-pytorch drops the output projection when one head spans the whole width.
-        project_out = not (self.heads == 1 and self.dim_head == self.dim)
+        if self.pre_norm:
+            self.norm_pre = layer_norm(self.layer_norm_eps, **kw)
+        # vit-pytorch drops the output projection when one head spans the whole width; timm never does.
+        project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == self.dim)
         self.transformer = Transformer(
             self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
-            project_out=project_out, layer_norm_eps=self.layer_norm_eps, remat=self.remat, **kw,
+            qkv_bias=self.qkv_bias, project_out=project_out, layer_norm_eps=self.layer_norm_eps,
+            layer_scale_init=self.layer_scale_init, drop_path_rate=self.drop_path_rate,
+            final_norm=self.final_norm and not self.fc_norm, remat=self.remat, activation=self.mlp_activation, **kw,
         )  # fmt: skip
+        if self.final_norm and self.fc_norm:
+            self.fc_norm_layer = layer_norm(self.layer_norm_eps, name="fc_norm", **kw)
+        self.head_drop = nn.Dropout(self.head_dropout)
         if self.num_classes > 0:
             self.head = nn.Dense(self.num_classes, **kw)
+            if self.distilled:
+                self.head_dist = nn.Dense(self.num_classes, **kw)
+
+    def prefix_tokens(self, batch: int, dtype) -> list:
+        """[class token, register tokens, distillation token] as present, each ``(batch, n, dim)``."""
+        present = [(self.has_class_token, "cls_token"), (self.reg_tokens, "reg_token"), (self.distilled, "dist_token")]
+        tokens = [getattr(self, name).astype(dtype) for on, name in present if on]
+        return [jnp.broadcast_to(t, (batch, *t.shape)) for t in tokens]
 
     def forward_features(self, img, *, train: bool = False, output_hidden_states: bool = False,
                          output_attentions: bool = False) -> Features:
         check_image(img, pair(self.image_size), self.channels, family="ViT")
         x = self.patch_embed(img.astype(self.dtype))
-        if self.pool == "cls":
-            class_token = jnp.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, self.dim))
-            x = jnp.concatenate([class_token, x], axis=1)
-        x = x + self.pos_embedding.astype(x.dtype)
+        prefix = self.prefix_tokens(x.shape[0], x.dtype)
+        pos_embedding = self.pos_embedding.astype(x.dtype)
+        if self.no_embed_class:  # DeiT III / big_vision: add to the patches, then prepend the tokens
+            x = jnp.concatenate([*prefix, x + pos_embedding], axis=1)
+        else:  # the original ViT and DeiT: prepend, then add to every token
+            x = jnp.concatenate([*prefix, x], axis=1) + pos_embedding
         x = self.emb_drop(x, deterministic=not train)
+        if self.pre_norm:
+            x = self.norm_pre(x)
         x, hidden_states, attentions = self.transformer(
             x, deterministic=not train, output_hidden_states=output_hidden_states, output_attentions=output_attentions
         )
-        pooled = x.mean(axis=1) if self.pool == "mean" else x[:, 0]
+        # The head dropout belongs to the pooled features, as in timm's pre-logits.
+        pooled = self.head_drop(self.pool_tokens(x), deterministic=not train)
         return Features(x, pooled, hidden_states, attentions)
 
+    def pool_tokens(self, x):
+        if self.distilled:
+            return x[:, :2]  # class and distillation tokens, one per head
+        if self.pool == "mean":
+            pooled = x[:, self.num_prefix_tokens :].mean(axis=1)
+        else:
+            pooled = x[:, 0]
+        return self.fc_norm_layer(pooled) if self.final_norm and self.fc_norm else pooled
+
     def forward_head(self, pooled):
+        if self.distilled:  # DeiT: the mean of the class-token and distillation-token heads
+            return (self.head(pooled[:, 0]) + self.head_dist(pooled[:, 1])) / 2
         return self.head(pooled)
 
     def __call__(self, img, train: bool = False):
@@ -128,10 +228,12 @@ class FlaxViTForImageClassificationModule(FlaxClassifierModule):
 class FlaxViTPreTrainedModel(FlaxVisionPreTrainedModel):
     config_class = ViTConfig
     base_model_prefix = "vit"
+    head_param_names = ("head", "head_dist")
 
 
 class FlaxViTModel(FlaxViTPreTrainedModel):
-    """ViT features: ``last_hidden_state`` (normed tokens) and ``pooler_output`` (class token or mean)."""
+    """ViT features: ``last_hidden_state`` (normed tokens) and ``pooler_output`` (class token or mean;
+    for a distilled DeiT the class and distillation tokens, ``(batch, 2, dim)``)."""
 
     module_class = FlaxViTModule
 

@@ -56,7 +56,7 @@ def predict(model, images, top_k: int = 5) -> list[list[dict[str, Any]]]:
 
 def format_predictions(paths: Sequence[str], predictions: list[list[dict[str, Any]]]) -> str:
     lines = []
-    for path, preds in zip(paths, predictions):
+    for path, preds in zip(paths, predictions, strict=True):
         lines.append(path)
         lines += [f"  {p['score']:.4f}  {p['label']}" for p in preds]
     return "\n".join(lines)

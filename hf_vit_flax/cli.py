@@ -1,7 +1,12 @@
 """``hf-vit-flax``: the command line.
 
+  hf-vit-flax convert SOURCE --output-dir DIR [--image-size N] [--push-to-hub REPO_ID] [--verify]
   hf-vit-flax predict MODEL IMAGE [IMAGE ...] [--top-k K]
   hf-vit-flax demo [--output-dir DIR]
+
+SOURCE is ``timm:<name>[.<tag>]`` (a timm checkpoint on the Hub), a local timm-format folder or
+weights file (with ``--architecture`` when no timm config.json is next to it), or
+``crossformer:<path>`` with ``--variant t|s|b|l`` (the original CrossFormer release).
 """
 
 from __future__ import annotations
@@ -9,6 +14,34 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hf_vit_flax.sources import Source
+    from hf_vit_flax.verify import PUSH_TOLERANCE
+
+    source = Source.parse(
+        args.source, variant=args.variant, architecture=args.architecture, image_size=args.image_size
+    )
+    model = source.convert()
+    print(f"converted {args.source} -> {type(model).__name__} ({model.num_parameters_exact:,} parameters)")
+    parity = None
+    if args.verify:
+        parity = source.verify(model)
+        model.card_data["parity"] = parity
+        print(f"max |logits difference| against the original: {parity:.3e}")
+    model.save_pretrained(args.output_dir, repo_id=args.push_to_hub)
+    print(f"saved to {args.output_dir}")
+    if args.push_to_hub:
+        if parity is not None and parity > PUSH_TOLERANCE:
+            print(
+                f"not pushing to {args.push_to_hub}: the difference {parity:.3e} exceeds {PUSH_TOLERANCE:.0e}",
+                file=sys.stderr,
+            )
+            return 1
+        model.push_to_hub(args.push_to_hub)
+        print(f"pushed to {args.push_to_hub}")
+    return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -66,6 +99,16 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-vit-flax", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
+    convert = commands.add_parser("convert", help="convert a timm or CrossFormer checkpoint to a Flax model folder")
+    convert.add_argument("source", help="timm:<name>[.<tag>], a local timm folder/file, or crossformer:<path>")
+    convert.add_argument("--output-dir", required=True)
+    convert.add_argument("--image-size", type=int, default=None, help="resample position embeddings to this size")
+    convert.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
+    convert.add_argument("--verify", action="store_true", help="compare with the original (needs torch and timm)")
+    convert.add_argument("--variant", choices=["t", "s", "b", "l"], default=None, help="CrossFormer release variant")
+    convert.add_argument("--architecture", default=None, help="timm architecture of a local checkpoint")
+    convert.set_defaults(run=_convert)
 
     predict = commands.add_parser("predict", help="classify images with a saved model or a Hub repo")
     predict.add_argument("model", help="a folder written by save_pretrained, or a Hub repo id")

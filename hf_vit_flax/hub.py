@@ -12,8 +12,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import yaml
 
 LIBRARY_NAME = "hf-vit-flax"
+PROVENANCE_KEY = "hf_vit_flax_conversion"
 
 PAPERS = {
     "vit_flax": ("An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", "2010.11929"),
@@ -27,20 +29,21 @@ def model_card(model, repo_id: str | None = None) -> str:
     """The README.md of a saved model: YAML metadata, what the model is, how to load and run it.
 
     ``model.card_data`` (filled by the converters) may add ``license``, ``source`` (the original
-    checkpoint), ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``
-    and ``tags``.
+    checkpoint), ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``,
+    ``tags``, ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
     """
     config, extra = model.config, dict(getattr(model, "card_data", {}) or {})
     repo = repo_id or extra.get("repo_id") or "path/to/this/model"
     tags = ["jax", "flax", "vision", "image-classification", LIBRARY_NAME, config.model_type.replace("_flax", "")]
     tags += [t for t in extra.get("tags", []) if t not in tags]
-    meta = [f"library_name: {LIBRARY_NAME}", "pipeline_tag: image-classification", "tags:"]
-    meta += [f"- {t}" for t in tags]
+    meta: dict[str, Any] = {"library_name": LIBRARY_NAME, "pipeline_tag": "image-classification", "tags": tags}
     if extra.get("license"):
-        meta.append(f"license: {extra['license']}")
+        meta["license"] = extra["license"]
     if extra.get("datasets"):
-        meta.append("datasets:")
-        meta += [f"- {d}" for d in extra["datasets"]]
+        meta["datasets"] = list(extra["datasets"])
+    if extra.get("provenance"):
+        # What the publishing pipeline compares to skip checkpoints already published unchanged.
+        meta[PROVENANCE_KEY] = dict(extra["provenance"])
     num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree if not model._is_initialized else model.params)))
     title, arxiv = PAPERS.get(config.model_type, (type(model).__name__, None))
     height, width = config.image_size_hw
@@ -73,7 +76,16 @@ def model_card(model, repo_id: str | None = None) -> str:
     ]
     if extra.get("citation"):
         body += ["", "## Citation", "", "```bibtex", extra["citation"].strip(), "```"]
-    return "---\n" + "\n".join(meta) + "\n---\n\n" + "\n".join(body) + "\n"
+    front_matter = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return "---\n" + front_matter + "---\n\n" + "\n".join(body) + "\n"
+
+
+def card_metadata(card_text: str) -> dict[str, Any]:
+    """The YAML front matter of a model card ({} when there is none)."""
+    if not card_text.startswith("---"):
+        return {}
+    _, front, _ = card_text.split("---", 2)
+    return yaml.safe_load(front) or {}
 
 
 def write_model_card(model, folder: str, repo_id: str | None = None) -> str:

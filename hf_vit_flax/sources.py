@@ -1,0 +1,80 @@
+"""Checkpoint sources as the command line and the publishing pipeline name them.
+
+``timm:<name>[.<tag>]``   a timm model on the Hub (``timm/<name>``), converted without torch
+``crossformer:<path>``    an original CrossFormer release checkpoint (``.pth``), with a variant t|s|b|l
+``<path>``                a local timm-format folder (config.json + weights) or weights file
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .modeling_utils import FlaxVisionPreTrainedModel
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "timm" | "crossformer" | "local"
+    location: str
+    variant: str | None = None
+    architecture: str | None = None
+    image_size: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str, *, variant=None, architecture=None, image_size=None) -> Source:
+        kind, sep, rest = spec.partition(":")
+        if sep and kind in ("timm", "crossformer"):
+            if kind == "crossformer" and not variant:
+                raise ValueError("a crossformer: source needs --variant t|s|b|l (CrossFormer-T/S/B/L)")
+            return cls(kind, rest, variant, architecture, image_size)
+        return cls("local", spec, variant, architecture, image_size)
+
+    def convert(self) -> FlaxVisionPreTrainedModel:
+        if self.kind == "crossformer":
+            from . import from_crossformer_checkpoint
+
+            if self.image_size is not None:
+                raise ValueError("--image-size applies to timm ViT-family checkpoints, not to CrossFormer")
+            return from_crossformer_checkpoint(self.location, f"crossformer-{self.variant.lower()}")
+        from .timm import from_timm
+
+        kwargs: dict[str, Any] = {}
+        if self.image_size is not None:
+            kwargs["image_size"] = self.image_size
+        if self.architecture:
+            kwargs["architecture"] = self.architecture
+        return from_timm(self.location, **kwargs)
+
+    def verify(self, model: FlaxVisionPreTrainedModel) -> float:
+        """Max |logits difference| against the original (timm needs torch and timm installed)."""
+        if self.kind == "crossformer":
+            raise NotImplementedError(
+                "the original CrossFormer code is not an installable package, so it cannot be run here; "
+                "the converter's parity is established by the test suite against recorded reference outputs"
+            )
+        from .verify import verify_timm
+
+        return verify_timm(model, self.location, architecture=self.architecture, image_size=self.image_size)
+
+    def revision(self) -> str | None:
+        """An identifier of the source's current contents (Hub commit or file hash), to skip unchanged work."""
+        import hashlib
+        import os
+
+        if self.kind == "timm":
+            from huggingface_hub import HfApi
+
+            from .timm import _hub_repo
+
+            repo_id = self.location if "/" in self.location else _hub_repo(self.location)[1]
+            return HfApi().model_info(repo_id).sha
+        path = self.location
+        files = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+        digest = hashlib.sha256()
+        for name in files:
+            if os.path.isfile(name):
+                with open(name, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+        return digest.hexdigest()

@@ -1,0 +1,99 @@
+"""The benchmark's code path on tiny models, one call per measurement (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("optax")
+
+from benchmarks import run  # noqa: E402
+
+TINY_VIT = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=64)
+
+
+def tiny_timm_vit():
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
+
+
+def test_count_flops_dense_conv_and_nested_calls():
+    x = jnp.ones((4, 16))
+    w = jnp.ones((16, 8))
+    assert run.count_flops(lambda x, w: x @ w, x, w) == 2 * 4 * 16 * 8
+    # Inside a nested jit and a scan of length 3, each matmul counts once per execution.
+    assert run.count_flops(jax.jit(lambda x, w: x @ w), x, w) == 2 * 4 * 16 * 8
+
+    def scanned(x, w):
+        return jax.lax.scan(lambda c, _: (c @ w[:, :16].T @ w[:, :16] * 0 + c, None), x, None, length=3)[0]
+
+    w16 = jnp.ones((16, 16))
+    assert run.count_flops(scanned, x, w16) == 3 * 2 * (2 * 4 * 16 * 16)
+    # An NHWC convolution with a 2x2 kernel, 3 -> 5 channels, stride 2 on 4x4: 2x2 outputs per image.
+    img, kernel = jnp.ones((2, 4, 4, 3)), jnp.ones((2, 2, 3, 5))
+    conv = lambda i, k: jax.lax.conv_general_dilated(i, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    assert run.count_flops(conv, img, kernel) == 2 * (2 * 2 * 2 * 5) * (2 * 2 * 3)
+
+
+def test_transformers_flax_vit_holds_the_same_weights():
+    ours = run._from_timm(tiny_timm_vit())
+    theirs = run.to_transformers_flax_vit(ours)
+    images = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ours_logits = np.asarray(ours(images).logits)
+    theirs_logits = np.asarray(theirs(images, params=theirs.params).logits)
+    assert np.max(np.abs(ours_logits - theirs_logits)) <= 1e-5
+
+
+def test_a_run_writes_the_table_and_json(tmp_path):
+    entries = [
+        run.vit_pytorch_entry("tiny_seed", "tiny ViT", "vit_pytorch.vit.ViT", TINY_VIT),
+        run.Entry(
+            "tiny_hf",
+            "tiny ViT",
+            "transformers FlaxViT",
+            "hf_flax",
+            lambda: (lambda ours: (run.to_transformers_flax_vit(ours), ours))(run._from_timm(tiny_timm_vit())),
+            32,
+        ),
+        run.vit_pytorch_entry("missing", "no converter", "vit_pytorch.no_such_module.Model", {}),
+    ]
+    argv = [
+        "--rounds",
+        "1",
+        "--train-rounds",
+        "1",
+        "--min-block",
+        "0",
+        "--matmul-size",
+        "128",
+        "--output",
+        str(tmp_path),
+    ]
+    result = run.main(argv, entries=entries)
+
+    seed, hf, missing = result["entries"]
+    assert seed["max_abs_logits_diff"] <= 1e-4 and hf["max_abs_logits_diff"] <= 1e-4
+    assert seed["gflops_per_image"] > 0 and seed["params"] > 0
+    assert {"batch1", "batch8", "train"} <= set(seed) and "train" not in hf  # no training step for a Flax reference
+    assert seed["batch8"]["speedup"] > 0 and seed["train"]["speedup"] > 0
+    assert "no_such_module" in missing["skipped"]
+
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["machine"]["cores"] >= 1 and saved["matmul"]["jax_gflops"] > 0
+    table = (tmp_path / "latest.md").read_text()
+    assert "| tiny ViT | vit-pytorch ViT |" in table and "| tiny ViT | transformers FlaxViT |" in table
+    assert "Training step" in table and "no converter vs vit-pytorch Model: skipped" in table
+
+
+def test_every_entry_is_well_formed():
+    keys = [e.key for e in run.ENTRIES]
+    assert len(keys) == len(set(keys))
+    assert any(e.quick for e in run.ENTRIES) and all(e.kind in ("torch", "hf_flax") for e in run.ENTRIES)
+    with pytest.raises(SystemExit):
+        run.main(["--only", "no_such_entry"], entries=run.ENTRIES)

@@ -10,6 +10,8 @@ from .configuration_utils import VisionTransformerConfig
 from .convert import from_vit_pytorch
 from .families import FAMILIES
 from .modeling_utils import FlaxVisionPreTrainedModel
+from .models.cait.configuration_cait import CaiTConfig
+from .models.cait.modeling_flax_cait import CaiT, FlaxCaiTForImageClassification, FlaxCaiTModel
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
@@ -36,6 +38,10 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = [
+    "CaiT",
+    "CaiTConfig",
+    "FlaxCaiTForImageClassification",
+    "FlaxCaiTModel",
     "FAMILIES",
     "FlaxViTForImageClassification",
     "FlaxViTModel",

@@ -8,6 +8,7 @@ from typing import Any
 
 from .configuration_utils import VisionTransformerConfig
 from .modeling_utils import FlaxVisionPreTrainedModel
+from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
 from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
 
 
@@ -39,6 +40,18 @@ FAMILIES: dict[str, Family] = {
         vit_pytorch_class="vit_pytorch.vit.ViT",
         config_from_vit_pytorch=convert_vit.config_from_vit_pytorch,
         convert_vit_pytorch=convert_vit.convert_vit_pytorch,
+    ),
+    "cait": Family(
+        name="cait",
+        config_class=configuration_cait.CaiTConfig,
+        model_class=modeling_flax_cait.FlaxCaiTModel,
+        classifier_class=modeling_flax_cait.FlaxCaiTForImageClassification,
+        vit_pytorch_class="vit_pytorch.cait.CaiT",
+        config_from_vit_pytorch=convert_cait.config_from_vit_pytorch,
+        convert_vit_pytorch=convert_cait.convert_vit_pytorch,
+        timm_prefixes=("cait_",),
+        config_from_timm=convert_cait.config_from_timm,
+        convert_timm=convert_cait.convert_timm,
     ),
 }
 

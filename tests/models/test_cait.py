@@ -1,0 +1,531 @@
+"""CaiT: parity with vit-pytorch's CaiT and timm's Cait, the seed README snippet, layer dropout, the HF wrappers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hf_vit_flax
+from hf_vit_flax import CaiT, CaiTConfig, FlaxCaiTForImageClassification, FlaxCaiTModel
+from hf_vit_flax.families import FAMILIES
+from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
+from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
+from tests.helpers import assert_parity, images, randomize_, torch_logits
+
+torch = pytest.importorskip("torch")
+vit_pytorch = pytest.importorskip("vit_pytorch.cait")
+timm = pytest.importorskip("timm")
+
+SEED_README = dict(
+    image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=12, cls_depth=2, heads=16, mlp_dim=2048
+)
+
+PARITY_CONFIGS = {
+    "small": dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64,
+                  dim_head=16),
+    "default-dim-head-64": dict(image_size=32, patch_size=16, num_classes=7, dim=48, depth=3, cls_depth=1, heads=3,
+                                mlp_dim=96),
+    "single-head": dict(image_size=16, patch_size=4, num_classes=4, dim=32, depth=2, cls_depth=2, heads=1, mlp_dim=48,
+                        dim_head=32),
+    "dropouts-off-in-eval": dict(image_size=24, patch_size=8, num_classes=5, dim=32, depth=2, cls_depth=1, heads=4,
+                                 mlp_dim=64, dim_head=8, dropout=0.1, emb_dropout=0.1),
+    # 26 layers reach the three LayerScale init regimes of vit-pytorch (<= 18, 19-24, > 24).
+    "deep-layer-scale-regimes": dict(image_size=16, patch_size=8, num_classes=3, dim=16, depth=26, cls_depth=2,
+                                     heads=2, mlp_dim=32, dim_head=8),
+}  # fmt: skip
+
+
+def reference(kwargs, seed=0):
+    return randomize_(vit_pytorch.CaiT(**kwargs), seed)
+
+
+def nhwc(x):
+    return jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+# The seed module runs eagerly in these tests: compiling each small model once costs more than it saves.
+def init_params(module, shape, seed=0):
+    return module.init(jax.random.key(seed), jnp.zeros(shape))["params"]
+
+
+def apply(module, params, x, **kwargs):
+    return module.apply({"params": params}, nhwc(x), **kwargs)
+
+
+def count(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def layer_scale_values(params, stack):
+    """Per layer of a stack: the (single) value of ls1 and of ls2 when they are constant."""
+    blocks = params[stack]
+    out = []
+    for i in range(len(blocks)):
+        gammas = [np.asarray(blocks[f"blocks_{i}"][name]["gamma"]) for name in ("ls1", "ls2")]
+        assert all(np.all(g == g.flat[0]) for g in gammas)
+        out.append(tuple(float(g.flat[0]) for g in gammas))
+    return out
+
+
+EXPECTED_REGIMES = [(0.1, 0.1)] * 18 + [(1e-5, 1e-5)] * 6 + [(1e-6, 1e-6)] * 2
+
+
+# -- vit-pytorch ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PARITY_CONFIGS)
+def test_parity_with_vit_pytorch(name):
+    kwargs = PARITY_CONFIGS[name]
+    torch_model = reference(kwargs)
+    x = images(2, kwargs["image_size"], kwargs["image_size"])
+    expected = torch_logits(torch_model, x)
+
+    model = hf_vit_flax.from_vit_pytorch(torch_model)
+    assert isinstance(model, FlaxCaiTForImageClassification)
+    assert model.config.to_module_kwargs()["dim_head"] == kwargs.get("dim_head", 64)
+    assert_parity(model(x).logits, expected)
+
+    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    assert_parity(apply(CaiT(**kwargs), model.params["cait"], x), expected)
+
+
+def test_converted_layer_scale_follows_vit_pytorch_regimes():
+    kwargs = PARITY_CONFIGS["deep-layer-scale-regimes"]
+    fresh = vit_pytorch.CaiT(**kwargs).eval()  # not randomised: LayerScale holds its initial values
+    model = hf_vit_flax.from_vit_pytorch(fresh)
+    params = model.params["cait"]
+    values = layer_scale_values(params, "patch_transformer")
+    assert values == [(pytest.approx(a), pytest.approx(b)) for a, b in EXPECTED_REGIMES]
+    assert len({v[0] for v in values}) == 3  # three distinct regimes
+    # The index counts within each stack: the class-attention layers are its layers 1 and 2.
+    assert layer_scale_values(params, "cls_transformer") == [(pytest.approx(0.1), pytest.approx(0.1))] * 2
+    x = images(2, 16, 16, seed=3)
+    np.testing.assert_allclose(model(x).logits, torch_logits(fresh, x), atol=1e-5)
+
+
+def test_fresh_flax_layer_scale_follows_vit_pytorch_regimes():
+    kwargs = PARITY_CONFIGS["deep-layer-scale-regimes"]
+    params = init_params(CaiT(**kwargs), (1, 16, 16, 3))
+    assert layer_scale_values(params, "patch_transformer") == [
+        (pytest.approx(a), pytest.approx(b)) for a, b in EXPECTED_REGIMES
+    ]
+    assert layer_scale_values(params, "cls_transformer") == [(pytest.approx(0.1), pytest.approx(0.1))] * 2
+    # An explicit layer_scale_init (timm's init_values) overrides the rule.
+    constant = init_params(CaiT(**kwargs, layer_scale_init=1e-4), (1, 16, 16, 3))
+    np.testing.assert_allclose(layer_scale_values(constant, "patch_transformer"), 1e-4, rtol=1e-6)
+
+
+def test_fresh_flax_init_is_not_degenerate():
+    # The talking-heads matrices start like vit-pytorch's torch.randn (not zero, which makes the output 0).
+    kwargs = PARITY_CONFIGS["small"]
+    module = CaiT(**kwargs)
+    params = init_params(module, (1, 32, 32, 3))
+    mix = np.stack([np.asarray(params["patch_transformer"][f"blocks_{i}"]["attn"][n]["kernel"])
+                    for i in range(2) for n in ("proj_l", "proj_w")])  # fmt: skip
+    assert mix.shape == (4, 2, 2) and 0.3 < mix.std() < 3
+    assert np.std(np.asarray(params["cls_token"])) > 0.3 and np.std(np.asarray(params["pos_embedding"])) > 0.3
+    for ln in (params["norm"], params["patch_embed"]["norm"], params["patch_transformer"]["blocks_0"]["norm1"]):
+        assert set(ln) == {"scale", "bias"}
+    logits = apply(module, params, images(2, 32, 32))
+    assert float(jnp.abs(logits).max()) > 1e-3
+
+
+def test_parity_from_state_dict_needs_config():
+    kwargs = PARITY_CONFIGS["small"]
+    torch_model = reference(kwargs, seed=1)
+    x = images(2, 32, 32)
+    with pytest.raises(ValueError, match="pass its config"):
+        hf_vit_flax.from_vit_pytorch(torch_model.state_dict())
+    model = hf_vit_flax.from_vit_pytorch(torch_model.state_dict(), config=CaiTConfig(**kwargs))
+    assert_parity(model(x).logits, torch_logits(torch_model, x))
+
+
+def test_converter_names_unconverted_and_misshaped_keys():
+    kwargs = PARITY_CONFIGS["small"]
+    state_dict = reference(kwargs).state_dict()
+    with pytest.raises(ValueError, match="not converted"):
+        hf_vit_flax.from_vit_pytorch(state_dict, config=CaiTConfig(**dict(kwargs, depth=1)))
+    with pytest.raises(ValueError, match="wrong shape"):
+        hf_vit_flax.from_vit_pytorch(state_dict, config=CaiTConfig(**dict(kwargs, mlp_dim=128)))
+    with pytest.raises(ValueError, match="style='vit_pytorch'"):
+        hf_vit_flax.from_vit_pytorch(state_dict, config=CaiTConfig(**kwargs, style="timm"))
+
+
+def test_headless_vit_pytorch_model_becomes_base_model():
+    kwargs = dict(PARITY_CONFIGS["small"], num_classes=0)
+    torch_model = reference(kwargs, seed=2)
+    model = hf_vit_flax.from_vit_pytorch(torch_model)
+    assert isinstance(model, FlaxCaiTModel) and "head" not in model.params["cait"]
+    x = images(2, 32, 32)
+    # vit-pytorch's head LayerNorm on the class-attention output is our pooler output.
+    with torch.inference_mode():
+        ref = torch_model
+        patches = ref.patch_transformer(ref.dropout(ref.to_patch_embedding(torch.from_numpy(x)) + ref.pos_embedding))
+        cls = ref.cls_transformer(ref.cls_token.expand(2, -1, -1), context=patches)
+        expected = ref.mlp_head[0](cls[:, 0]).numpy()
+    out = model(x)
+    np.testing.assert_allclose(out.pooler_output, expected, atol=1e-5)
+    assert out.last_hidden_state.shape == (2, 17, 32)
+    tokens = apply(CaiT(**kwargs), model.params["cait"], x)
+    np.testing.assert_allclose(tokens, out.last_hidden_state, atol=1e-6)
+
+
+def test_seed_readme_snippet():
+    # The seed README's CaiT example, with jax.tree.leaves / jax.tree.map for the removed aliases;
+    # jax.eval_shape keeps its 122M parameters cheap.
+    key = jax.random.PRNGKey(0)
+    img = jax.random.normal(key, (1, 256, 256, 3))
+    v = CaiT(**SEED_README, dropout=0.1, emb_dropout=0.1, layer_dropout=0.05)
+    init_rngs = {
+        "params": jax.random.PRNGKey(1),
+        "dropout": jax.random.PRNGKey(2),
+        "emb_dropout": jax.random.PRNGKey(3),
+    }
+    params = jax.eval_shape(v.init, init_rngs, img)
+    output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
+    assert output.shape == (1, 1000)
+    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
+    with torch.device("meta"):
+        torch_count = sum(p.numel() for p in vit_pytorch.CaiT(**SEED_README).parameters())
+    assert n_params_flax == torch_count == 121_839_592
+
+
+def test_seed_readme_snippet_runs_as_written_on_a_small_model():
+    key = jax.random.PRNGKey(0)
+    img = jax.random.normal(key, (1, 32, 32, 3))
+    v = CaiT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=3, cls_depth=2, heads=2, mlp_dim=64,
+             dropout=0.1, emb_dropout=0.1, layer_dropout=0.05)  # fmt: skip
+    init_rngs = {
+        "params": jax.random.PRNGKey(1),
+        "dropout": jax.random.PRNGKey(2),
+        "emb_dropout": jax.random.PRNGKey(3),
+    }
+    params = v.init(init_rngs, img)
+    output = v.apply(params, img, rngs=init_rngs)
+    assert output.shape == (1, 10) and np.all(np.isfinite(output)) and float(jnp.abs(output).max()) > 1e-3
+    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
+    kwargs = {k: getattr(v, k) for k in ("image_size", "patch_size", "num_classes", "dim", "depth", "cls_depth",
+                                         "heads", "mlp_dim")}  # fmt: skip
+    assert n_params_flax == sum(p.numel() for p in vit_pytorch.CaiT(**kwargs).parameters())
+    np.testing.assert_array_equal(output, v.apply(params, img, rngs=init_rngs))  # eval: deterministic
+
+
+def test_parameter_count_matches_vit_pytorch():
+    model = FlaxCaiTForImageClassification(CaiTConfig(**SEED_README), _do_init=False)
+    with torch.device("meta"):
+        torch_count = sum(p.numel() for p in vit_pytorch.CaiT(**SEED_README).parameters())
+    assert count(model.params_shape_tree) == torch_count
+
+
+# -- layer dropout ----------------------------------------------------------------------------------
+
+LAYER_DROP = dict(PARITY_CONFIGS["small"], depth=6, cls_depth=3, layer_dropout=0.5)
+
+
+def test_layer_dropout_is_stochastic_in_training_and_deterministic_in_eval():
+    module = CaiT(**LAYER_DROP)
+    x = nhwc(images(2, 32, 32))
+    variables = module.init(jax.random.key(0), x)
+    # Every layer's parameters exist: the same tree as without layer dropout.
+    plain = jax.eval_shape(CaiT(**dict(LAYER_DROP, layer_dropout=0.0)).init, jax.random.key(0), x)
+    assert jax.tree.structure(variables) == jax.tree.structure(plain) and count(variables) == count(plain)
+    assert len(variables["params"]["patch_transformer"]) == 6 and len(variables["params"]["cls_transformer"]) == 3
+
+    np.testing.assert_array_equal(module.apply(variables, x), module.apply(variables, x))
+    with pytest.raises(Exception, match="dropout"):
+        module.apply(variables, x, train=True)  # training needs a 'dropout' rng
+
+    def train(key):
+        return module.apply(variables, x, train=True, rngs={"dropout": key})
+
+    outs = [train(jax.random.key(i)) for i in range(4)]
+    assert not all(np.allclose(outs[0], o) for o in outs[1:])
+    again = train(jax.random.key(0))
+    np.testing.assert_array_equal(outs[0], again)  # the same rng drops the same layers
+
+
+def test_layer_dropout_drops_whole_layers_like_vit_pytorch():
+    # With the other dropouts off, training with a given mask computes vit-pytorch's CaiT with exactly the
+    # dropped layers removed (vit-pytorch draws its own mask, so the kept layers are given to it here).
+    kwargs = dict(LAYER_DROP, dim_head=16)
+    torch_model = reference({k: v for k, v in kwargs.items() if k != "layer_dropout"}, seed=4)
+    model = hf_vit_flax.from_vit_pytorch(torch_model)
+    x = images(2, 32, 32, seed=5)
+    module = CaiT(**kwargs)
+    variables = {"params": model.params["cait"]}
+
+    def train(key):
+        return module.apply(variables, nhwc(x), train=True, rngs={"dropout": key}, mutable=["intermediates"])
+
+    seen_drops = 0
+    for seed in range(6):
+        logits, state = train(jax.random.key(seed))
+        kept = {k: np.asarray(v["kept_layers"][0]) for k, v in state["intermediates"].items()}
+        assert kept["patch_transformer"].shape == (6,) and kept["cls_transformer"].shape == (3,)
+        seen_drops += int((~kept["patch_transformer"]).sum() + (~kept["cls_transformer"]).sum())
+        for stack in ("patch_transformer", "cls_transformer"):
+            all_layers = getattr(torch_model, stack).layers
+            getattr(torch_model, stack).layers = torch.nn.ModuleList(
+                [layer for layer, keep in zip(all_layers, kept[stack], strict=True) if keep]
+            )
+            getattr(torch_model, stack)._all = all_layers
+        try:
+            np.testing.assert_allclose(logits, torch_logits(torch_model, x), atol=1e-5)
+        finally:
+            for stack in ("patch_transformer", "cls_transformer"):
+                getattr(torch_model, stack).layers = getattr(torch_model, stack)._all
+    assert seen_drops > 0
+
+
+def test_layer_dropout_keeps_at_least_one_layer():
+    stack = CaiTStack(depth=3, dim=8, heads=1, dim_head=8, mlp_dim=8, layer_dropout=0.999)
+    variables = stack.init(jax.random.key(0), jnp.zeros((1, 2, 8)))
+
+    def kept(seed):
+        return stack.apply(variables, method=CaiTStack.kept_layers, rngs={"dropout": jax.random.key(seed)})
+
+    masks = np.stack([np.asarray(kept(seed)) for seed in range(40)])
+    assert np.all(masks.sum(axis=1) == 1)  # almost surely all dropped, then one rescued
+    assert len({int(m.argmax()) for m in masks}) > 1  # the rescued layer is random
+    half = CaiTStack(depth=8, dim=8, heads=1, dim_head=8, mlp_dim=8, layer_dropout=0.5)
+    rates = [np.asarray(half.apply(variables, method=CaiTStack.kept_layers, rngs={"dropout": jax.random.key(s)}))
+             for s in range(50)]  # fmt: skip
+    assert 0.35 < np.mean(rates) < 0.65
+
+
+# -- Hugging Face wrappers ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small():
+    config = CaiTConfig(**dict(PARITY_CONFIGS["small"], dropout=0.2, emb_dropout=0.1, layer_dropout=0.2))
+    return FlaxCaiTForImageClassification(config, seed=0)
+
+
+def test_train_needs_rng_and_is_stochastic(small):
+    x = images(2, 32, 32)
+    with pytest.raises(ValueError, match="dropout_rng"):
+        small(x, train=True)
+    a = small(x, train=True, dropout_rng=jax.random.key(0)).logits
+    b = small(x, train=True, dropout_rng=jax.random.key(1)).logits
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(small(x).logits, small(x).logits)
+
+
+def test_save_and_auto_load_is_exact(small, tmp_path):
+    from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForImageClassification
+
+    small.save_pretrained(tmp_path)
+    loaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
+    assert isinstance(loaded, FlaxCaiTForImageClassification)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), CaiTConfig)
+    x = images(2, 32, 32)
+    np.testing.assert_array_equal(loaded(x).logits, small(x).logits)
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(small.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    base = FlaxAutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, FlaxCaiTModel)
+    assert "head" not in base.params["cait"]  # the head of the classifier checkpoint is left out
+    head = small.params["cait"]["head"]
+    np.testing.assert_allclose(base(x).pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
+
+
+def test_outputs_hidden_states_attentions_and_tuples(small):
+    x = images(2, 32, 32)
+    config = small.config
+    out = small(x, output_hidden_states=True, output_attentions=True)
+    # Embeddings, each self-attention layer's output, then [class token, patches] after each class-attention layer.
+    assert len(out.hidden_states) == 1 + config.depth + config.cls_depth
+    assert [h.shape for h in out.hidden_states] == [(2, 16, 32)] * 3 + [(2, 17, 32)] * 2
+    assert len(out.attentions) == config.depth + config.cls_depth
+    assert out.attentions[0].shape == (2, 2, 16, 16) and out.attentions[-1].shape == (2, 2, 1, 17)
+    logits, *_ = small(x, return_dict=False)
+    np.testing.assert_allclose(logits, out.logits, atol=1e-6)
+    base = FlaxCaiTModel(config, _do_init=False)
+    features = base(x, params={"cait": {k: v for k, v in small.params["cait"].items() if k != "head"}})
+    np.testing.assert_allclose(features.pooler_output, features.last_hidden_state[:, 0])
+    head = small.params["cait"]["head"]
+    np.testing.assert_allclose(features.pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
+
+
+def test_remat_and_dtype(small):
+    # (Eager seed module vs the jitted HF wrapper is compared by every parity test.)
+    x = images(2, 32, 32)
+    remat = FlaxCaiTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
+    assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
+    np.testing.assert_allclose(remat(x, params=small.params).logits, small(x).logits, atol=1e-6)
+
+    bf16 = FlaxCaiTForImageClassification(small.config, dtype=jnp.bfloat16, _do_init=False)
+    logits = bf16(x, params=small.params).logits
+    assert logits.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(logits, np.float32), small(x).logits, atol=0.15)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((2, 32, 32, 3), "NHWC"),
+        ((2, 1, 32, 32), "3-channel"),
+        ((2, 3, 64, 64), "configured for 32x32"),
+        ((3, 32, 32), "expects pixel_values of shape"),
+    ],
+)
+def test_bad_pixel_values(small, shape, match):
+    with pytest.raises(ValueError, match=match):
+        small(np.zeros(shape, np.float32))
+
+
+def test_seed_module_bad_images():
+    module = CaiT(**PARITY_CONFIGS["small"])
+    with pytest.raises(ValueError, match="built for 32x32"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+    with pytest.raises(ValueError, match="NCHW"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="3-channel images but got 1"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    with pytest.raises(ValueError, match="not divisible by patch size"):
+        bad = CaiT(**dict(PARITY_CONFIGS["small"], image_size=30))
+        jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=30, patch_size=8), "not divisible"),
+        (dict(cls_depth=0), "cls_depth must be a positive"),
+        (dict(heads=0), "heads must be a positive"),
+        (dict(layer_dropout=1.0), "layer_dropout must be"),
+        (dict(dropout=-0.1), "dropout must be"),
+        (dict(style="deit"), "style must be 'vit_pytorch'"),
+        (dict(layer_scale_init=0.0), "layer_scale_init must be positive"),
+        (dict(num_classes=3, num_labels=4), "disagree"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CaiTConfig(**kwargs)
+
+
+def test_config_aliases_and_round_trip():
+    config = CaiTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192,
+                        num_channels=1, num_labels=7, cls_depth=1)  # fmt: skip
+    assert (config.dim, config.depth, config.heads, config.mlp_dim, config.channels) == (96, 3, 6, 192, 1)
+    assert config.num_classes == 7 and len(config.id2label) == 7
+    config.hidden_size = 48
+    assert config.dim == 48
+    reloaded = CaiTConfig.from_dict(config.to_dict())
+    assert reloaded.dim == 48 and reloaded.num_classes == 7 and reloaded.model_type == "cait_flax"
+    assert CaiTConfig().to_module_kwargs()["depth"] == SEED_README["depth"]
+
+
+# -- timm -------------------------------------------------------------------------------------------
+
+TIMM_CONFIGS = {
+    "tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10, depth_token_only=2),
+    "rect-no-qkv-bias-mlp-ratios-one-channel": dict(
+        img_size=(32, 48), patch_size=8, in_chans=1, embed_dim=24, depth=3, num_heads=3, num_classes=5,
+        qkv_bias=False, mlp_ratio=2.0, mlp_ratio_token_only=3.0, depth_token_only=1,
+    ),
+}  # fmt: skip
+
+
+def timm_model(kwargs, seed=0):
+    from timm.models.cait import Cait
+
+    return randomize_(Cait(**kwargs), seed)
+
+
+def port_timm(torch_model):
+    config = config_from_timm(torch_model)
+    params = convert_timm({k: v.numpy() for k, v in torch_model.state_dict().items()}, config)
+    return FlaxCaiTForImageClassification.from_params(config, params)
+
+
+def timm_parity(torch_model, height, width, channels=3):
+    x = images(2, height, width, channels, seed=7)
+    expected = torch_logits(torch_model, x)
+    model = port_timm(torch_model)
+    diff = assert_parity(model(x).logits, expected)
+    assert_parity(apply(CaiT(**model.config.to_module_kwargs()), model.params["cait"], x), expected)
+    return model, diff
+
+
+@pytest.mark.parametrize("name", TIMM_CONFIGS)
+def test_parity_with_timm(name):
+    kwargs = TIMM_CONFIGS[name]
+    height, width = kwargs["img_size"] if isinstance(kwargs["img_size"], tuple) else (kwargs["img_size"],) * 2
+    model, _ = timm_parity(timm_model(kwargs), height, width, kwargs.get("in_chans", 3))
+    config = model.config
+    assert config.style == "timm" and config.layer_norm_eps == 1e-6
+    assert config.qkv_bias == kwargs.get("qkv_bias", True)
+
+
+def test_parity_with_timm_cait_xxs24():
+    # cait_xxs24_224's architecture (dim 192, 24 + 2 layers, 4 heads) on 64x64 images to keep it cheap.
+    torch_model = randomize_(timm.create_model("cait_xxs24_224", pretrained=False, img_size=64, num_classes=10), 1)
+    model, _ = timm_parity(torch_model, 64, 64)
+    assert (model.config.dim, model.config.depth, model.config.cls_depth, model.config.heads) == (192, 24, 2, 4)
+
+
+def test_timm_config_reads_init_values_and_drop_rates():
+    kwargs = dict(TIMM_CONFIGS["tiny"], init_values=1e-5, drop_path_rate=0.1, proj_drop_rate=0.2,
+                  attn_drop_rate=0.3, pos_drop_rate=0.05)  # fmt: skip
+    from timm.models.cait import Cait
+
+    config = config_from_timm(Cait(**kwargs))
+    assert config.layer_scale_init == pytest.approx(1e-5)
+    assert (config.drop_path_rate, config.dropout, config.attn_dropout, config.emb_dropout) == (0.1, 0.2, 0.3, 0.05)
+    module = CaiT(**config.to_module_kwargs())
+    fresh = init_params(module, (1, 32, 32, 3))
+    np.testing.assert_allclose(layer_scale_values(fresh, "patch_transformer"), 1e-5, rtol=1e-6)
+    # drop path (and dropout) act only when training.
+    x = images(2, 32, 32)
+    a, b = (apply(module, fresh, x, train=True, rngs={"dropout": jax.random.key(s)}) for s in (0, 1))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(apply(module, fresh, x), apply(module, fresh, x))
+
+
+def test_timm_converter_is_strict():
+    torch_model = timm_model(TIMM_CONFIGS["tiny"])
+    config = config_from_timm(torch_model)
+    state_dict = {k: v.numpy() for k, v in torch_model.state_dict().items()}
+    with pytest.raises(ValueError, match="not converted"):
+        convert_timm(state_dict, CaiTConfig(**{**config.to_dict(), "depth": 1}))
+    with pytest.raises(ValueError, match="style='timm'"):
+        convert_timm(state_dict, CaiTConfig(**{**config.to_dict(), "style": "vit_pytorch"}))
+    with pytest.raises(ValueError, match="wrong shape"):
+        FlaxCaiTForImageClassification.from_params(
+            CaiTConfig(**{**config.to_dict(), "mlp_dim": 64}), convert_timm(state_dict, config)
+        )
+    from timm.models.cait import Cait
+
+    with pytest.raises(NotImplementedError, match="global_pool"):
+        config_from_timm(Cait(**TIMM_CONFIGS["tiny"], global_pool="avg"))
+
+
+def test_timm_style_saves_and_loads(tmp_path):
+    from transformers import FlaxAutoModelForImageClassification
+
+    model = port_timm(timm_model(TIMM_CONFIGS["tiny"], seed=2))
+    model.save_pretrained(tmp_path)
+    loaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
+    assert loaded.config.style == "timm" and loaded.config.qkv_bias
+    x = images(2, 32, 32)
+    np.testing.assert_array_equal(loaded(x).logits, model(x).logits)
+
+
+def test_family_row():
+    family = FAMILIES["cait"]
+    assert family.vit_pytorch_class == "vit_pytorch.cait.CaiT"
+    assert family.timm_prefixes == ("cait_",)
+    assert family.config_from_timm is config_from_timm and family.convert_timm is convert_timm
+
+
+@pytest.mark.parametrize("name", timm.list_models("cait_*"))
+def test_parameter_count_matches_timm(name):
+    with torch.device("meta"):
+        torch_model = timm.create_model(name, pretrained=False)
+    config = config_from_timm(torch_model)
+    assert config.style == "timm"
+    model = FlaxCaiTForImageClassification(config, _do_init=False)
+    assert count(model.params_shape_tree) == sum(p.numel() for p in torch_model.parameters())

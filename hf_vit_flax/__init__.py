@@ -15,6 +15,7 @@ from .models.cait.modeling_flax_cait import CaiT, FlaxCaiTForImageClassification
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
+from .timm import from_timm, list_timm_models
 
 __version__ = "0.1.0"
 
@@ -51,4 +52,6 @@ __all__ = [
     "VisionTransformerConfig",
     "from_vit_pytorch",
     "predict",
+    "from_timm",
+    "list_timm_models",
 ]

@@ -40,6 +40,9 @@ FAMILIES: dict[str, Family] = {
         vit_pytorch_class="vit_pytorch.vit.ViT",
         config_from_vit_pytorch=convert_vit.config_from_vit_pytorch,
         convert_vit_pytorch=convert_vit.convert_vit_pytorch,
+        timm_prefixes=("vit_", "deit_", "deit3_"),
+        config_from_timm=convert_vit.config_from_timm,
+        convert_timm=convert_vit.convert_timm,
     ),
     "cait": Family(
         name="cait",

@@ -25,8 +25,9 @@ class ViTConfig(VisionTransformerConfig):
         num_classes: size of the classification head.
         dim, depth, heads, dim_head, mlp_dim: width, number of blocks, attention heads, width of
             one head, hidden width of the feed-forward layers.
-        pool: ``'cls'`` (a class token is prepended and read out) or ``'mean'`` (no class token;
-            the mean of the tokens).
+        pool: ``'cls'`` (a class token is prepended and read out), ``'mean'`` (no class token;
+            the mean of the tokens) or ``'map'`` (multihead attention pooling of the patch tokens by
+            a learned latent query, timm's ``AttentionPoolLatent``, as in SigLIP and big_vision).
         channels: input channels.
         dropout: dropout in attention probabilities, projections and feed-forward layers.
         emb_dropout: dropout after adding the position embedding.
@@ -35,7 +36,8 @@ class ViTConfig(VisionTransformerConfig):
 
     Options of timm's ``VisionTransformer`` (the defaults keep vit-pytorch's model):
         patch_embedding: ``'norm_linear'`` (vit-pytorch: patch LayerNorm -> Linear -> LayerNorm) or
-            ``'conv'`` (timm / the paper: a Conv2d with kernel = stride = patch size, no padding).
+            ``'conv'`` (timm / the paper: a Conv2d with kernel = stride = patch size, no padding; like
+            timm it ignores the last pixels of an image size the patch size does not divide).
         patch_bias: whether the ``'conv'`` patch embedding has a bias (timm drops it with ``pre_norm``).
         qkv_bias: a bias in the fused query/key/value projection (timm's default; vit-pytorch has none).
         class_token: prepend a class token; ``None`` means "when ``pool == 'cls'``" (vit-pytorch).
@@ -138,7 +140,7 @@ class ViTConfig(VisionTransformerConfig):
             layer_scale_init=self.layer_scale_init,
         )  # fmt: skip
         (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
-        if height % patch_h or width % patch_w:
+        if self.patch_embedding == "norm_linear" and (height % patch_h or width % patch_w):
             raise ValueError(
                 f"image size {height}x{width} is not divisible by patch size {patch_h}x{patch_w}: "
                 f"choose a patch size that divides the image size"
@@ -191,8 +193,10 @@ def check_vit_options(
     layer_scale_init: float | None,
 ) -> None:
     """Shared by ``ViTConfig.validate`` and ``ViT.setup``: combinations the model cannot express."""
-    if pool not in ("cls", "mean"):
-        raise ValueError(f"pool must be 'cls' (class token) or 'mean' (mean pooling), got {pool!r}")
+    if pool not in ("cls", "mean", "map"):
+        raise ValueError(
+            f"pool must be 'cls' (class token), 'mean' (mean pooling) or 'map' (attention pooling), got {pool!r}"
+        )
     if patch_embedding not in PATCH_EMBEDDINGS:
         raise ValueError(f"patch_embedding must be one of {PATCH_EMBEDDINGS}, got {patch_embedding!r}")
     if mlp_activation not in MLP_ACTIVATIONS:

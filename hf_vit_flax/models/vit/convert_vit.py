@@ -13,6 +13,7 @@ timm layout -> ours (``config_from_timm`` reads the options off a live model, ``
   cls_token, reg_token, dist_token (1, n, d) -> cls_token, reg_token, dist_token (n, d)
   pos_embed (1, n, d)                       -> pos_embedding (n, d), resampled to the config's grid
   norm_pre, norm, fc_norm, head, head_dist  -> norm_pre, transformer.norm, fc_norm, head, head_dist
+  attn_pool.{latent, q, kv, proj, norm, mlp.fc1, mlp.fc2} -> attn_pool.(same names)
   blocks.i.{norm1, attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}
                                             -> transformer.blocks_i.(same names)
 """
@@ -181,8 +182,6 @@ def config_from_timm(model: Any) -> ViTConfig:
     ):
         missing.append("a patch-embedding convolution other than kernel = stride = patch size without padding")
     image_size = tuple(int(s) for s in embed.img_size)
-    if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
-        missing.append(f"an image size {image_size} not divisible by the patch size {patch_size}")
     if getattr(model, "pos_embed", None) is None:
         missing.append("no absolute position embedding (pos_embed='none')")
     if not _is_identity(getattr(model, "patch_drop", None)):
@@ -192,10 +191,12 @@ def config_from_timm(model: Any) -> ViTConfig:
     # -- pooling and head
     distilled = cls == "VisionTransformerDistilled"
     global_pool = model.global_pool
-    if getattr(model, "attn_pool", None) is not None:
-        missing.append(f"attention pooling (global_pool={global_pool!r}, {type(model.attn_pool).__name__})")
+    if global_pool == "map":
+        _check_attention_pool(model, missing, norm)
+    elif getattr(model, "attn_pool", None) is not None:
+        missing.append(f"attention pooling {type(model.attn_pool).__name__} (global_pool={global_pool!r})")
     elif global_pool not in ("token", "avg"):
-        missing.append(f"global_pool={global_pool!r} (expressed: 'token' and 'avg')")
+        missing.append(f"global_pool={global_pool!r} (expressed: 'token', 'avg' and 'map')")
     if getattr(model, "pool_include_prefix", False):
         missing.append("pooling that includes the prefix tokens (pool_include_prefix=True)")
     has_norm = norm(model.norm, "norm")
@@ -259,7 +260,8 @@ def config_from_timm(model: Any) -> ViTConfig:
     heads, head_dim, qkv_out, qkv_bias, mlp_dim, activation, _ = found.pop()
     if qkv_out != 3 * heads * head_dim:
         raise NotImplementedError(_missing_message(model, [f"a qkv projection of width {qkv_out}"]))
-    drop_path_rate = drop_path[-1] if drop_path else 0.0
+    # timm computes the schedule in float32 (torch.linspace): 0.10000000149 is the 0.1 it was given.
+    drop_path_rate = float(str(np.float32(drop_path[-1]))) if drop_path else 0.0
     expected = [drop_path_rate * i / max(len(blocks) - 1, 1) for i in range(len(blocks))]
     if any(abs(a - b) > 1e-6 for a, b in zip(drop_path, expected, strict=True)):
         raise NotImplementedError(_missing_message(model, ["a stochastic-depth schedule that is not linear"]))
@@ -275,7 +277,7 @@ def config_from_timm(model: Any) -> ViTConfig:
         depth=len(blocks),
         heads=int(heads),
         mlp_dim=int(mlp_dim),
-        pool="cls" if global_pool == "token" else "mean",
+        pool={"token": "cls", "avg": "mean"}.get(global_pool, global_pool),
         channels=int(proj.in_channels),
         dim_head=int(head_dim),
         dropout=dropouts.pop() if dropouts else 0.0,
@@ -296,6 +298,34 @@ def config_from_timm(model: Any) -> ViTConfig:
         drop_path_rate=drop_path_rate,
         head_dropout=_dropout_rate(getattr(model, "head_drop", None)),
     )
+
+
+def _check_attention_pool(model: Any, missing: list[str], norm) -> None:
+    """timm's ``AttentionPoolLatent`` as ``VisionTransformer`` builds it for ``global_pool='map'``, nothing else."""
+    pool = model.attn_pool
+    if type(pool).__name__ != "AttentionPoolLatent":
+        missing.append(f"attention pooling {type(pool).__name__}")
+        return
+    block = model.blocks[0]
+    dim = int(model.embed_dim)
+    if (
+        getattr(pool, "latent_len", 1) != 1
+        or getattr(pool, "pos_embed", None) is not None
+        or type(pool.q).__name__ != "Linear"
+        or pool.q.bias is None
+        or pool.kv.bias is None
+        or not (_is_identity(pool.q_norm) and _is_identity(pool.k_norm))
+        or getattr(pool, "pool", "token") != "token"
+        or getattr(pool, "mlp", None) is None
+        or int(pool.out_features) != dim
+        or int(pool.latent_dim) != dim
+        or int(pool.num_heads) != int(getattr(block.attn, "num_heads", -1))
+        or int(pool.mlp.fc1.out_features) != int(getattr(getattr(block, "mlp", None), "fc1", pool.mlp.fc1).out_features)
+        or type(pool.mlp.act).__name__ != type(getattr(getattr(block, "mlp", None), "act", pool.mlp.act)).__name__
+    ):
+        missing.append("an attention-pooling head other than timm's default for global_pool='map'")
+    if not norm(pool.norm, "attn_pool.norm"):
+        missing.append("an attention-pooling head without its LayerNorm")
 
 
 def _missing_message(model: Any, missing: list[str]) -> str:
@@ -329,6 +359,13 @@ def convert_timm(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dic
     in_pos = 0 if config.no_embed_class else num_prefix
     pos_embedding = tokens("pos_embed")
     if pos_embedding.shape[0] != grid[0] * grid[1] + in_pos:
+        side = math.isqrt(max(pos_embedding.shape[0] - in_pos, 0))
+        if side * side != pos_embedding.shape[0] - in_pos:
+            raise ValueError(
+                f"pos_embed has {pos_embedding.shape[0]} positions, which is no square grid after {in_pos} prefix "
+                f"tokens (the config expects {grid[0]}x{grid[1]} + {in_pos}): the checkpoint does not match the "
+                f"configuration (another architecture, or class/register/distillation tokens, or no_embed_class)"
+            )
         pos_embedding = resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)
     params["pos_embedding"] = pos_embedding
     if config.pre_norm:
@@ -349,6 +386,15 @@ def convert_timm(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dic
     if config.final_norm and not config.fc_norm:
         transformer["norm"] = sd.layer_norm("norm")
     params["transformer"] = transformer
+    if config.pool == "map":
+        params["attn_pool"] = {
+            "latent": tokens("attn_pool.latent"),
+            "q": sd.linear("attn_pool.q"),
+            "kv": sd.linear("attn_pool.kv"),
+            "proj": sd.linear("attn_pool.proj"),
+            "norm": sd.layer_norm("attn_pool.norm"),
+            "mlp": {"fc1": sd.linear("attn_pool.mlp.fc1"), "fc2": sd.linear("attn_pool.mlp.fc2")},
+        }
     if config.final_norm and config.fc_norm:
         params["fc_norm"] = sd.layer_norm("fc_norm")
     if config.num_labels > 0:

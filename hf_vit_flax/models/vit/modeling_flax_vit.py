@@ -10,7 +10,7 @@ With its further options the same module is timm's ``VisionTransformer`` / ``Vis
 distillation tokens ("Training data-efficient image transformers & distillation through attention",
 arXiv 2012.12877; "Vision Transformers Need Registers", arXiv 2309.16588), position embeddings with or
 without slots for those tokens, CLIP's ``norm_pre``, LayerScale ("DeiT III: Revenge of the ViT",
-arXiv 2204.07118), token or average pooling with ``fc_norm``, and stochastic depth.
+arXiv 2204.07118), token, average (with ``fc_norm``) or multihead attention pooling, and stochastic depth.
 The Hugging Face classes below are config-driven shells around the same module.
 """
 
@@ -22,7 +22,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ...layers import Features, Transformer, check_divisible, check_image, layer_norm, pair, patchify
+from ...layers import (
+    Features,
+    FeedForward,
+    Transformer,
+    attend,
+    check_divisible,
+    check_image,
+    layer_norm,
+    pair,
+    patchify,
+)
 from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
 
@@ -68,6 +78,36 @@ class ConvPatchEmbedding(nn.Module):
         return x.reshape(x.shape[0], -1, self.dim)  # (b, h, w, d) -> (b, h w, d), row-major like timm
 
 
+class AttentionPoolLatent(nn.Module):
+    """Multihead attention pooling by a learned latent query (timm's ``AttentionPoolLatent``, big_vision's MAP head).
+
+    One query attends over the tokens; its output goes through a projection and a residual
+    LayerNorm -> MLP, as in "Scaling Vision Transformers" (Zhai et al., arXiv 2106.04560) and SigLIP.
+    """
+
+    dim: int
+    heads: int
+    mlp_dim: int
+    layer_norm_eps: float = 1e-6
+    activation: str = "gelu"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        batch, tokens, _ = x.shape
+        head_dim = self.dim // self.heads
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        latent = self.param("latent", nn.initializers.normal(self.dim**-0.5), (1, self.dim), self.param_dtype)
+        q = nn.Dense(self.dim, name="q", **kw)(jnp.broadcast_to(latent.astype(x.dtype), (batch, 1, self.dim)))
+        kv = nn.Dense(2 * self.dim, name="kv", **kw)(x).reshape(batch, tokens, 2, self.heads, head_dim)
+        out, _ = attend(q.reshape(batch, 1, self.heads, head_dim), kv[:, :, 0], kv[:, :, 1], scale=head_dim**-0.5)
+        out = nn.Dense(self.dim, name="proj", **kw)(out.reshape(batch, 1, self.dim))
+        norm = layer_norm(self.layer_norm_eps, name="norm", **kw)
+        out = out + FeedForward(self.dim, self.mlp_dim, activation=self.activation, name="mlp", **kw)(norm(out))
+        return out[:, 0]
+
+
 class ViT(nn.Module):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
@@ -77,8 +117,9 @@ class ViT(nn.Module):
 
     The options after ``layer_norm_eps`` express timm's ``VisionTransformer`` (see ``ViTConfig``);
     their defaults keep vit-pytorch's model. ``forward_features`` returns the tokens after the final
-    norm and the pooled features: the class token, the mean of the patch tokens (``pool='mean'``,
-    then ``fc_norm`` when set), or, for a distilled model, the class and distillation tokens
+    norm and the pooled features: the class token, the mean of the patch tokens (``pool='mean'``),
+    their attention pooling (``pool='map'``), then ``fc_norm`` when set; or, for a distilled model,
+    the class and distillation tokens
     stacked as ``(batch, 2, dim)`` (its two heads read one each).
     """
 
@@ -124,7 +165,8 @@ class ViT(nn.Module):
 
     def setup(self):
         image_size, patch_size = pair(self.image_size), pair(self.patch_size)
-        check_divisible(image_size, patch_size)
+        if self.patch_embedding == "norm_linear":  # timm's conv embedding ignores the remainder
+            check_divisible(image_size, patch_size)
         check_vit_options(
             pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
             reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
@@ -157,6 +199,10 @@ class ViT(nn.Module):
             layer_scale_init=self.layer_scale_init, drop_path_rate=self.drop_path_rate,
             final_norm=self.final_norm and not self.fc_norm, remat=self.remat, activation=self.mlp_activation, **kw,
         )  # fmt: skip
+        if self.pool == "map":
+            self.attn_pool = AttentionPoolLatent(
+                self.dim, self.heads, self.mlp_dim, self.layer_norm_eps, self.mlp_activation, **kw
+            )
         if self.final_norm and self.fc_norm:
             self.fc_norm_layer = layer_norm(self.layer_norm_eps, name="fc_norm", **kw)
         self.head_drop = nn.Dropout(self.head_dropout)
@@ -196,6 +242,8 @@ class ViT(nn.Module):
             return x[:, :2]  # class and distillation tokens, one per head
         if self.pool == "mean":
             pooled = x[:, self.num_prefix_tokens :].mean(axis=1)
+        elif self.pool == "map":
+            pooled = self.attn_pool(x[:, self.num_prefix_tokens :])
         else:
             pooled = x[:, 0]
         return self.fc_norm_layer(pooled) if self.final_norm and self.fc_norm else pooled

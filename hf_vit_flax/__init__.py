@@ -12,6 +12,13 @@ from .families import FAMILIES
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait.configuration_cait import CaiTConfig
 from .models.cait.modeling_flax_cait import CaiT, FlaxCaiTForImageClassification, FlaxCaiTModel
+from .models.crossformer.configuration_crossformer import CrossFormerConfig
+from .models.crossformer.convert_crossformer import from_crossformer_checkpoint
+from .models.crossformer.modeling_flax_crossformer import (
+    CrossFormer,
+    FlaxCrossFormerForImageClassification,
+    FlaxCrossFormerModel,
+)
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
@@ -43,6 +50,11 @@ __all__ = [
     "CaiTConfig",
     "FlaxCaiTForImageClassification",
     "FlaxCaiTModel",
+    "CrossFormer",
+    "CrossFormerConfig",
+    "FlaxCrossFormerForImageClassification",
+    "FlaxCrossFormerModel",
+    "from_crossformer_checkpoint",
     "FAMILIES",
     "FlaxViTForImageClassification",
     "FlaxViTModel",

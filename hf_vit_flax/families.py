@@ -9,6 +9,7 @@ from typing import Any
 from .configuration_utils import VisionTransformerConfig
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
+from .models.crossformer import configuration_crossformer, convert_crossformer, modeling_flax_crossformer
 from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
 
 
@@ -43,6 +44,15 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("vit_", "deit_", "deit3_"),
         config_from_timm=convert_vit.config_from_timm,
         convert_timm=convert_vit.convert_timm,
+    ),
+    "crossformer": Family(
+        name="crossformer",
+        config_class=configuration_crossformer.CrossFormerConfig,
+        model_class=modeling_flax_crossformer.FlaxCrossFormerModel,
+        classifier_class=modeling_flax_crossformer.FlaxCrossFormerForImageClassification,
+        vit_pytorch_class="vit_pytorch.crossformer.CrossFormer",
+        config_from_vit_pytorch=convert_crossformer.config_from_vit_pytorch,
+        convert_vit_pytorch=convert_crossformer.convert_vit_pytorch,
     ),
     "cait": Family(
         name="cait",

@@ -19,6 +19,8 @@ from .models.crossformer.modeling_flax_crossformer import (
     FlaxCrossFormerForImageClassification,
     FlaxCrossFormerModel,
 )
+from .models.crossvit.configuration_crossvit import CrossViTConfig
+from .models.crossvit.modeling_flax_crossvit import CrossViT, FlaxCrossViTForImageClassification, FlaxCrossViTModel
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
@@ -46,6 +48,10 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 __all__ = [
+    "CrossViT",
+    "CrossViTConfig",
+    "FlaxCrossViTForImageClassification",
+    "FlaxCrossViTModel",
     "CaiT",
     "CaiTConfig",
     "FlaxCaiTForImageClassification",

@@ -10,6 +10,7 @@ from .configuration_utils import VisionTransformerConfig
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
 from .models.crossformer import configuration_crossformer, convert_crossformer, modeling_flax_crossformer
+from .models.crossvit import configuration_crossvit, convert_crossvit, modeling_flax_crossvit
 from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
 
 
@@ -65,6 +66,18 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("cait_",),
         config_from_timm=convert_cait.config_from_timm,
         convert_timm=convert_cait.convert_timm,
+    ),
+    "crossvit": Family(
+        name="crossvit",
+        config_class=configuration_crossvit.CrossViTConfig,
+        model_class=modeling_flax_crossvit.FlaxCrossViTModel,
+        classifier_class=modeling_flax_crossvit.FlaxCrossViTForImageClassification,
+        vit_pytorch_class="vit_pytorch.cross_vit.CrossViT",
+        config_from_vit_pytorch=convert_crossvit.config_from_vit_pytorch,
+        convert_vit_pytorch=convert_crossvit.convert_vit_pytorch,
+        timm_prefixes=("crossvit_",),
+        config_from_timm=convert_crossvit.config_from_timm,
+        convert_timm=convert_crossvit.convert_timm,
     ),
 }
 

@@ -1,0 +1,427 @@
+"""CrossViT: parity with vit-pytorch's CrossViT and timm's CrossVit, the seed README snippet, the HF wrappers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForImageClassification
+
+import hf_vit_flax
+from hf_vit_flax import CrossViT, CrossViTConfig, FlaxCrossViTForImageClassification, FlaxCrossViTModel
+from hf_vit_flax.conversion_utils import to_numpy
+from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, convert_timm
+from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
+from tests.helpers import assert_parity, images, max_abs_diff, randomize_, torch_logits
+
+vit_pytorch = pytest.importorskip("vit_pytorch")
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+from timm.models.crossvit import CrossVit  # noqa: E402
+from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT  # noqa: E402
+
+SMALL = dict(sm_enc_mlp_dim=64, lg_enc_mlp_dim=96, sm_enc_dim_head=16, lg_enc_dim_head=16, cross_attn_dim_head=16)
+
+# vit-pytorch configurations (small enough for CPU: a few hundred K parameters at most).
+PARITY_CONFIGS = {
+    "different-widths": dict(
+        image_size=32, num_classes=10, sm_dim=32, lg_dim=48, sm_patch_size=8, lg_patch_size=16, depth=2,
+        sm_enc_depth=1, lg_enc_depth=2, sm_enc_heads=2, lg_enc_heads=3, cross_attn_depth=2, cross_attn_heads=2, **SMALL,
+    ),
+    "equal-widths-no-projection": dict(
+        image_size=32, num_classes=5, sm_dim=32, lg_dim=32, sm_patch_size=4, lg_patch_size=8, depth=1,
+        sm_enc_depth=2, lg_enc_depth=1, sm_enc_heads=2, lg_enc_heads=2, cross_attn_depth=1, cross_attn_heads=4, **SMALL,
+    ),
+    "reference-defaults-scaled-down": dict(
+        image_size=48, num_classes=7, sm_dim=24, lg_dim=40, dropout=0.1, emb_dropout=0.1,
+        sm_enc_mlp_dim=48, lg_enc_mlp_dim=80, sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8,
+    ),  # sm_patch_size=12, lg_patch_size=16, depth=3, 1+4 encoder blocks, 2 cross layers, 8 heads: the defaults
+    "one-channel-wide-heads": dict(
+        image_size=24, num_classes=3, sm_dim=16, lg_dim=64, sm_patch_size=6, lg_patch_size=12, depth=2,
+        sm_enc_depth=1, lg_enc_depth=1, sm_enc_heads=1, lg_enc_heads=4, sm_enc_mlp_dim=32, lg_enc_mlp_dim=32,
+        sm_enc_dim_head=16, lg_enc_dim_head=24, cross_attn_depth=1, cross_attn_heads=3, cross_attn_dim_head=20,
+        channels=1,
+    ),
+    "no-cross-attention": dict(
+        image_size=16, num_classes=4, sm_dim=16, lg_dim=24, sm_patch_size=4, lg_patch_size=8, depth=2,
+        sm_enc_depth=1, lg_enc_depth=1, sm_enc_heads=2, lg_enc_heads=2, cross_attn_depth=0, **SMALL,
+    ),
+}  # fmt: skip
+
+SEED_README = dict(
+    image_size=256, num_classes=1000, depth=4, sm_dim=192, sm_patch_size=16, sm_enc_depth=2, sm_enc_heads=8,
+    sm_enc_mlp_dim=2048, lg_dim=384, lg_patch_size=64, lg_enc_depth=3, lg_enc_heads=8, lg_enc_mlp_dim=2048,
+    cross_attn_depth=2, cross_attn_heads=8, dropout=0.1, emb_dropout=0.1,
+)  # fmt: skip
+
+
+def reference(kwargs, seed=0):
+    return randomize_(ReferenceCrossViT(**kwargs), seed)
+
+
+def nhwc(x):
+    return jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def pooled_features(model, x):
+    """``pooler_output`` of a classification model, through the seed module's ``forward_features``."""
+    module = CrossViT(**model.config.to_module_kwargs())
+    variables = {"params": model.params["crossvit"]}
+    return module.apply(variables, nhwc(x), method=CrossViT.forward_features).pooler_output
+
+
+# -- Part A: vit-pytorch ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PARITY_CONFIGS)
+def test_parity_with_vit_pytorch(name):
+    kwargs = PARITY_CONFIGS[name]
+    torch_model = reference(kwargs)
+    x = images(2, kwargs["image_size"], kwargs["image_size"], kwargs.get("channels", 3))
+    expected = torch_logits(torch_model, x)
+
+    model = hf_vit_flax.from_vit_pytorch(torch_model)
+    assert isinstance(model, FlaxCrossViTForImageClassification)
+    assert model.config.style == "vit_pytorch"
+    assert_parity(model(x).logits, expected)
+
+    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    logits = CrossViT(**kwargs).apply({"params": model.params["crossvit"]}, nhwc(x))
+    assert_parity(logits, expected)
+
+
+def test_config_read_off_vit_pytorch_matches_the_constructor():
+    kwargs = PARITY_CONFIGS["one-channel-wide-heads"]
+    config = hf_vit_flax.FAMILIES["crossvit"].config_from_vit_pytorch(reference(kwargs))
+    for key, value in kwargs.items():
+        assert getattr(config, key) == value, key
+
+
+def test_parity_from_state_dict_needs_config():
+    kwargs = PARITY_CONFIGS["different-widths"]
+    torch_model = reference(kwargs, seed=1)
+    x = images(2, 32, 32)
+    with pytest.raises(ValueError, match="pass its config"):
+        hf_vit_flax.from_vit_pytorch(torch_model.state_dict())
+    model = hf_vit_flax.from_vit_pytorch(torch_model.state_dict(), config=CrossViTConfig(**kwargs))
+    assert_parity(model(x).logits, torch_logits(torch_model, x))
+
+
+def test_converter_names_unconverted_and_misshaped_keys():
+    kwargs = PARITY_CONFIGS["different-widths"]
+    state_dict = reference(kwargs).state_dict()
+    with pytest.raises(ValueError, match="not converted"):
+        hf_vit_flax.from_vit_pytorch(state_dict, config=CrossViTConfig(**dict(kwargs, depth=1)))
+    with pytest.raises(ValueError, match="wrong shape"):
+        hf_vit_flax.from_vit_pytorch(state_dict, config=CrossViTConfig(**dict(kwargs, sm_enc_mlp_dim=128)))
+
+
+def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
+    kwargs = dict(PARITY_CONFIGS["different-widths"], num_classes=0)
+    torch_model = reference(kwargs, seed=2)
+    x = images(2, 32, 32)
+    model = hf_vit_flax.from_vit_pytorch(torch_model)
+    assert isinstance(model, FlaxCrossViTModel)
+    with torch.inference_mode():
+        image = torch.from_numpy(x)
+        sm, lg = torch_model.multi_scale_encoder(torch_model.sm_image_embedder(image),
+                                                 torch_model.lg_image_embedder(image))  # fmt: skip
+    out = model(x)
+    expected_pooled = torch.cat([sm[:, 0], lg[:, 0]], dim=-1).numpy()
+    assert out.pooler_output.shape == (2, 32 + 48)
+    assert max_abs_diff(out.pooler_output, expected_pooled) <= 1e-5
+    assert max_abs_diff(out.last_hidden_state, sm.numpy()) <= 1e-5
+    # The seed module without heads returns the pooled features.
+    pooled = CrossViT(**kwargs).apply({"params": model.params["crossvit"]}, nhwc(x))
+    np.testing.assert_allclose(pooled, out.pooler_output, atol=1e-5)
+
+
+def test_seed_readme_snippet():
+    # The seed README's CrossViT example, with jax.tree.leaves / jax.tree.map for the removed aliases.
+    # Its 55M parameters are traced with jax.eval_shape (as the ViT test does); a scaled-down copy runs for real.
+    key = jax.random.PRNGKey(0)
+    img = jax.random.normal(key, (1, 256, 256, 3))
+    v = CrossViT(**SEED_README)
+    init_rngs = {
+        "params": jax.random.PRNGKey(1),
+        "dropout": jax.random.PRNGKey(2),
+        "emb_dropout": jax.random.PRNGKey(3),
+    }
+    params = jax.eval_shape(v.init, init_rngs, img)
+    output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
+    assert output.shape == (1, 1000)
+    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
+    with torch.device("meta"):
+        torch_count = sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
+    assert n_params_flax == torch_count == 55_180_176
+
+    small = dict(SEED_README, image_size=64, sm_dim=32, lg_dim=48, sm_enc_mlp_dim=64, lg_enc_mlp_dim=64,
+                 sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8, lg_patch_size=32)  # fmt: skip
+    img = jax.random.normal(key, (1, 64, 64, 3))
+    v = CrossViT(**small)
+    params = v.init(init_rngs, img)
+    output = v.apply(params, img, rngs=init_rngs)
+    assert output.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(output)))
+
+
+def test_parameter_count_matches_vit_pytorch():
+    model = FlaxCrossViTForImageClassification(CrossViTConfig(**SEED_README), _do_init=False)
+    count = sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree))
+    with torch.device("meta"):
+        assert count == sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
+
+
+@pytest.fixture(scope="module")
+def small():
+    config = CrossViTConfig(**PARITY_CONFIGS["different-widths"])  # dropout 0.1, emb_dropout 0.1
+    return FlaxCrossViTForImageClassification(config, seed=0)
+
+
+def test_save_and_auto_reload_exact(small, tmp_path):
+    small.save_pretrained(tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(config, CrossViTConfig) and config.model_type == "crossvit_flax"
+    reloaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
+    assert isinstance(reloaded, FlaxCrossViTForImageClassification)
+    x = images(2, 32, 32)
+    np.testing.assert_array_equal(reloaded(x).logits, small(x).logits)
+    # The classifier checkpoint loads into the base model (the heads are dropped).
+    base = FlaxAutoModel.from_pretrained(tmp_path)
+    assert isinstance(base, FlaxCrossViTModel)
+    assert not {"sm_head", "lg_head"} & set(base.params["crossvit"])
+    np.testing.assert_allclose(base(x).pooler_output, pooled_features(small, x), atol=1e-5)  # jit vs eager
+
+
+def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
+    x = images(2, 32, 32)
+    with pytest.raises(ValueError, match="dropout_rng"):
+        small(x, train=True)
+    a = small(x, train=True, dropout_rng=jax.random.key(0)).logits
+    b = small(x, train=True, dropout_rng=jax.random.key(1)).logits
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(small(x).logits, small(x).logits)
+    module = CrossViT(**small.config.to_module_kwargs())
+    variables = {"params": small.params["crossvit"]}
+    with pytest.raises(Exception, match="dropout"):
+        module.apply(variables, nhwc(x), train=True)  # training needs a 'dropout' rng
+    c = module.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(0)})
+    d = module.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(c, d)
+    np.testing.assert_allclose(module.apply(variables, nhwc(x)), small(x).logits, atol=1e-5)  # eager vs jit
+
+
+def test_outputs_hidden_states_attentions_and_tuples(small):
+    x = images(2, 32, 32)
+    config = small.config
+    out = small(x, output_hidden_states=True, output_attentions=True)
+    assert len(out.hidden_states) == config.depth + 1
+    sm, lg = out.hidden_states[-1]
+    assert sm.shape == (2, 1 + 16, 32) and lg.shape == (2, 1 + 4, 48)
+    assert len(out.attentions) == config.depth
+    sm_attn, lg_attn = out.attentions[0]
+    assert len(sm_attn) == config.sm_enc_depth and len(lg_attn) == config.lg_enc_depth
+    assert sm_attn[0].shape == (2, 2, 17, 17) and lg_attn[0].shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(np.asarray(lg_attn[-1]).sum(-1), 1.0, rtol=1e-5)
+    logits, *_ = small(x, return_dict=False)
+    np.testing.assert_allclose(logits, out.logits, atol=1e-6)
+    features = FlaxCrossViTModel(config)(x, params={"crossvit": {
+        k: v for k, v in small.params["crossvit"].items() if k not in ("sm_head", "lg_head")}})  # fmt: skip
+    np.testing.assert_allclose(features.pooler_output[:, :32], features.last_hidden_state[:, 0])
+    assert features.pooler_output.shape == (2, 32 + 48)
+
+
+def test_dtype_and_gradient_checkpointing(small):
+    x = images(2, 32, 32)
+    bf16 = FlaxCrossViTForImageClassification(small.config, dtype=jnp.bfloat16, _do_init=False)
+    logits = bf16(x, params=small.params).logits
+    assert logits.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(logits, np.float32), small(x).logits, atol=0.15)
+    remat = FlaxCrossViTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
+    assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
+    np.testing.assert_allclose(remat(x, params=small.params).logits, small(x).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=250), "not divisible by sm_patch_size 12"),
+        (dict(image_size=36, sm_patch_size=12, lg_patch_size=8), "not divisible by lg_patch_size 8"),
+        (dict(style="keras"), "style must be one of"),
+        (dict(sm_enc_heads=0), "sm_enc_heads must be a positive"),
+        (dict(dropout=1.5), "dropout must be"),
+        (dict(global_pool="max"), "global_pool must be"),
+        (dict(multi_conv=True), "needs style='timm'"),
+        (dict(style="timm", sm_enc_dim_head=64, sm_enc_heads=6), "must equal sm_dim"),
+        (
+            dict(style="timm", sm_enc_dim_head=24, lg_enc_dim_head=48, multi_conv=True, sm_patch_size=8, image_size=48),
+            "exists for patch sizes",
+        ),  # fmt: skip
+        (dict(image_size=240, lg_image_size=230), "lg_image_size"),
+        (dict(num_classes=3, num_labels=4), "disagree"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CrossViTConfig(**kwargs)
+
+
+def test_seed_module_validates_too():
+    bad = CrossViT(image_size=30, num_classes=3, sm_dim=16, lg_dim=16, sm_patch_size=4, lg_patch_size=8)
+    with pytest.raises(ValueError, match="not divisible by sm_patch_size 4"):
+        jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+
+
+def test_config_aliases_and_round_trip():
+    config = CrossViTConfig(num_channels=1, num_labels=7, num_hidden_layers=2, sm_image_size=(240, 240))
+    assert (config.channels, config.num_classes, config.depth, len(config.id2label)) == (1, 7, 2, 7)
+    reloaded = CrossViTConfig.from_dict(config.to_dict())
+    assert reloaded.to_module_kwargs() == config.to_module_kwargs()
+    assert reloaded.model_type == "crossvit_flax"
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((2, 32, 32, 3), "NHWC"),
+        ((2, 1, 32, 32), "3-channel"),
+        ((2, 3, 48, 48), "configured for 32x32"),
+        ((3, 32, 32), "expects pixel_values of shape"),
+    ],
+)
+def test_bad_pixel_values(small, shape, match):
+    with pytest.raises(ValueError, match=match):
+        small(np.zeros(shape, np.float32))
+
+
+def test_seed_module_bad_images():
+    module = CrossViT(**PARITY_CONFIGS["different-widths"])
+    with pytest.raises(ValueError, match="built for 32x32"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
+    with pytest.raises(ValueError, match="NCHW"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="3-channel"):
+        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+
+
+# -- Part B: timm -------------------------------------------------------------------------------------------
+
+TIMM_CONFIGS = {
+    # timm's layout of the registered models: one un-nested fusion block (depth[-1] == 0), equal branch sizes.
+    "conv-embed-equal-sizes": dict(
+        img_size=48, img_scale=(1.0, 1.0), patch_size=(12, 16), embed_dim=(24, 48),
+        depth=((1, 2, 0), (1, 2, 0)), num_heads=(2, 4), mlp_ratio=(2, 3, 1),
+    ),
+    # The dagger stem, the large branch resized 48 -> 32 inside the forward (bicubic).
+    "dagger-resized-branch": dict(
+        img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16), embed_dim=(24, 48),
+        depth=((1, 2, 0), (1, 2, 0)), num_heads=(2, 4), mlp_ratio=(2, 3, 1), multi_conv=True,
+    ),
+    # Resized up (48 -> 64), nested fusion of depth 3 (later blocks see only the class token).
+    "upsampled-branch-nested-fusion": dict(
+        img_size=48, img_scale=(1.0, 64 / 48), patch_size=(8, 16), embed_dim=(24, 48),
+        depth=((1, 2, 3),), num_heads=(2, 4), mlp_ratio=(2, 3, 1),
+    ),
+    # Equal widths, no qkv bias, the second branch centre-cropped, mean pooling of patch tokens.
+    "crop-scale-avg-pool-no-qkv-bias": dict(
+        img_size=48, img_scale=(1.0, 40 / 48), patch_size=(12, 20), embed_dim=(32, 32),
+        depth=((2, 1, 1),), num_heads=(4, 2), mlp_ratio=(2, 3, 1), qkv_bias=False, crop_scale=True,
+        global_pool="avg",
+    ),
+}  # fmt: skip
+
+
+def timm_port(torch_model):
+    config = config_from_timm(torch_model)
+    params = convert_timm(to_numpy(torch_model.state_dict()), config)
+    return FlaxCrossViTForImageClassification.from_params(config, params)
+
+
+@pytest.mark.parametrize("name", TIMM_CONFIGS)
+def test_parity_with_timm(name):
+    torch_model = randomize_(CrossVit(num_classes=5, **TIMM_CONFIGS[name]))
+    x = images(2, 48, 48)
+    model = timm_port(torch_model)
+    assert model.config.style == "timm"
+    expected = torch_logits(torch_model, x)
+    assert_parity(model(x).logits, expected)
+    logits = CrossViT(**model.config.to_module_kwargs()).apply({"params": model.params["crossvit"]}, nhwc(x))
+    assert_parity(logits, expected)
+    # pooler_output is timm's pre_logits: both branches' (normed) class tokens, concatenated.
+    with torch.inference_mode():
+        pre_logits = torch_model.forward_head(torch_model.forward_features(torch.from_numpy(x)), pre_logits=True)
+    assert max_abs_diff(pooled_features(model, x), pre_logits.numpy()) <= 1e-5
+
+
+def test_parity_with_registered_timm_architecture_at_reduced_size():
+    # crossvit_9_dagger_240's architecture (dagger stems, 240 -> 224 second branch) at 120 -> 112.
+    torch_model = randomize_(timm.create_model("crossvit_9_dagger_240", pretrained=False, img_size=120))
+    assert [tuple(s) for s in torch_model.img_size_scaled] == [(120, 120), (112, 112)]
+    x = images(1, 120, 120)
+    model = timm_port(torch_model)
+    assert (model.config.sm_image_size, model.config.lg_image_size, model.config.multi_conv) == (None, 112, True)
+    assert_parity(model(x).logits, torch_logits(torch_model, x))
+
+
+def test_timm_original_key_names_and_strict_keys():
+    torch_model = randomize_(CrossVit(num_classes=5, **TIMM_CONFIGS["conv-embed-equal-sizes"]))
+    config = config_from_timm(torch_model)
+    state_dict = to_numpy(torch_model.state_dict())
+    original = {k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v
+                for k, v in state_dict.items()}  # fmt: skip
+    x = images(2, 48, 48)
+    model = FlaxCrossViTForImageClassification.from_params(config, convert_timm(original, config))
+    assert_parity(model(x).logits, torch_logits(torch_model, x))
+    with pytest.raises(ValueError, match="not converted"):
+        convert_timm(dict(state_dict, extra=np.zeros(1)), config)
+    with pytest.raises(ValueError, match="wrong shape"):
+        FlaxCrossViTForImageClassification.from_params(
+            CrossViTConfig.from_dict(dict(config.to_dict(), lg_enc_mlp_dim=64)), convert_timm(state_dict, config)
+        )
+
+
+@pytest.mark.parametrize("name", sorted(timm.list_models("crossvit_*")))
+def test_parameter_count_of_every_timm_architecture(name):
+    with torch.device("meta"):
+        torch_model = timm.create_model(name, pretrained=False)
+    config = config_from_timm(torch_model)
+    assert config.style == "timm" and config.layer_norm_eps == 1e-6
+    model = FlaxCrossViTForImageClassification(config, _do_init=False)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params_shape_tree))
+    assert count == sum(p.numel() for p in torch_model.parameters())
+    logits = jax.eval_shape(model.module.apply, {"params": model.params_shape_tree},
+                            jax.ShapeDtypeStruct((1, *config.image_size_hw, 3), jnp.float32))  # fmt: skip
+    assert logits.logits.shape == (1, 1000)
+
+
+def test_timm_config_round_trip_and_reload(tmp_path):
+    torch_model = randomize_(CrossVit(num_classes=5, **TIMM_CONFIGS["dagger-resized-branch"]))
+    model = timm_port(torch_model)
+    model.save_pretrained(tmp_path)
+    reloaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
+    assert reloaded.config.to_module_kwargs() == model.config.to_module_kwargs()
+    x = images(2, 48, 48)
+    np.testing.assert_array_equal(reloaded(x).logits, model(x).logits)
+
+
+def test_timm_stochastic_depth_schedule_and_training():
+    kwargs = dict(TIMM_CONFIGS["conv-embed-equal-sizes"], depth=((1, 2, 0), (1, 2, 0), (1, 2, 0)))
+    torch_model = CrossVit(num_classes=5, drop_path_rate=0.3, **kwargs)
+    config = config_from_timm(torch_model)
+    assert config.drop_path_rate == pytest.approx(0.3)
+    rates = timm_drop_path_rates(config.drop_path_rate, config.depth, config.sm_enc_depth, config.lg_enc_depth,
+                                 config.cross_attn_depth)  # fmt: skip
+
+    def prob(module):
+        return float(getattr(module, "drop_prob", 0.0))
+
+    for (sm_rates, lg_rates, fusion_rate), block in zip(rates, torch_model.blocks, strict=True):
+        assert sm_rates == pytest.approx([prob(b.drop_path1) for b in block.blocks[0]])
+        assert lg_rates == pytest.approx([prob(b.drop_path1) for b in block.blocks[1]])
+        assert fusion_rate == pytest.approx(prob(block.fusion[0].drop_path))
+    # Training is stochastic through stochastic depth alone (no dropout), evaluation deterministic.
+    model = FlaxCrossViTForImageClassification(CrossViTConfig.from_dict(dict(config.to_dict(), depth=1)), seed=0)
+    assert model.config.dropout == model.config.emb_dropout == 0.0
+    x = images(2, 48, 48)
+    a = model(x, train=True, dropout_rng=jax.random.key(0)).logits
+    b = model(x, train=True, dropout_rng=jax.random.key(1)).logits
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(model(x).logits, model(x).logits)

@@ -38,6 +38,27 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+ORGANISATION = "hf-vit-flax"
+CROSSFORMER_RELEASES = {"t": "crossformer-t", "s": "crossformer-s", "b": "crossformer-b", "l": "crossformer-l"}
+
+
+def default_manifest() -> dict:
+    """Every pretrained timm tag the package supports, and the four CrossFormer releases.
+
+    The CrossFormer checkpoints are distributed outside the Hub: download them into
+    ``conversion/checkpoints/`` (``crossformer-t.pth`` ...) before publishing those entries.
+    """
+    from hf_vit_flax.timm import list_timm_models
+
+    models = [{"source": f"timm:{name}", "repo_id": f"{ORGANISATION}/{name}"} for name in list_timm_models(True)]
+    models += [
+        {"source": f"crossformer:conversion/checkpoints/{name}.pth", "variant": variant,
+         "repo_id": f"{ORGANISATION}/{name}"}
+        for variant, name in CROSSFORMER_RELEASES.items()
+    ]  # fmt: skip
+    return {"organisation": ORGANISATION, "models": models}
+
+
 def load_manifest(path: Path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
@@ -50,15 +71,18 @@ def load_manifest(path: Path) -> list[dict]:
 
 def published_provenance(repo_id: str) -> dict | None:
     """The provenance recorded in the published card of ``repo_id`` (None if not published)."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.utils import RepositoryNotFoundError
 
     from hf_vit_flax.hub import PROVENANCE_KEY, card_metadata
 
     try:
-        card = Path(hf_hub_download(repo_id, "README.md", force_download=True)).read_text(encoding="utf-8")
-    except (EntryNotFoundError, RepositoryNotFoundError):
+        info = HfApi().model_info(repo_id)
+    except RepositoryNotFoundError:
         return None
+    if "README.md" not in {s.rfilename for s in info.siblings or []}:
+        return None
+    card = Path(hf_hub_download(repo_id, "README.md", revision=info.sha)).read_text(encoding="utf-8")
     return card_metadata(card).get(PROVENANCE_KEY)
 
 
@@ -120,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="publish even when the published card is current")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--summary", type=Path, default=None, help="also write the summary table here")
+    parser.add_argument("--write-manifest", action="store_true", help="regenerate the manifest and exit")
     args = parser.parse_args(argv)
+
+    if args.write_manifest:
+        args.manifest.write_text(json.dumps(default_manifest(), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.manifest}")
+        return 0
 
     entries = load_manifest(args.manifest)
     if args.only:

@@ -330,3 +330,34 @@ def test_local_folder_without_weights(tmp_path):
 def test_pretrained_classifier_is_the_flax_classifier():
     module = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1)
     assert isinstance(hf_vit_flax.from_timm(module), FlaxViTForImageClassification)
+
+
+# -- every family that registers timm support goes through the same dispatcher ------------------------------
+
+
+def _smallest_variant(family_name: str) -> str | None:
+    sizes = {}
+    for name in list_timm_models():
+        info = timm_variant_info(name)
+        if info["family"] == family_name and info.get("pretrained"):
+            sizes[name] = info["reference_num_params"]
+    return min(sizes, key=sizes.get) if sizes else None
+
+
+@pytest.mark.parametrize("family", [name for name, f in hf_vit_flax.FAMILIES.items() if f.timm_prefixes])
+def test_every_timm_family_through_the_dispatcher(family, tmp_path):
+    from timm.models._hub import save_for_hf
+
+    architecture = _smallest_variant(family)
+    if architecture is None:
+        pytest.skip(f"no {family} variant in the table yet (run conversion/make_configs.py)")
+    module = randomize_(timm.create_model(architecture, pretrained=False), seed=7)
+    size = module.pretrained_cfg["input_size"][1:]
+    x = images(1, *size)
+    expected = torch_logits(module, x)
+    model = hf_vit_flax.from_timm(module)
+    assert isinstance(model, hf_vit_flax.FAMILIES[family].classifier_class)
+    assert_parity(model(x).logits, expected)
+    assert model.config.id2label[0] == "tench, Tinca tinca" and model.card_data["citation"]
+    save_for_hf(module, tmp_path, safe_serialization=True)
+    assert_parity(hf_vit_flax.from_timm(tmp_path)(x).logits, expected)

@@ -69,7 +69,12 @@ def sample_image(path: str, size: int = 256) -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """Build a model, save it, reload it through the Auto classes and classify a sample image."""
+    """Convert a checkpoint offline, save it, reload it through the Auto classes, classify a sample image.
+
+    With timm installed, the checkpoint is timm's DeiT-Tiny built locally (random weights: nothing is
+    downloaded), written in the timm Hub format and converted like any timm checkpoint, with the
+    converted model verified against timm. Without timm, a small ViT is built from a config instead.
+    """
     import numpy as np
     from transformers import FlaxAutoModelForImageClassification
 
@@ -77,14 +82,32 @@ def _demo(args: argparse.Namespace) -> int:
     from hf_vit_flax.predict import format_predictions, load_image
 
     os.makedirs(args.output_dir, exist_ok=True)
-    config = hf_vit_flax.ViTConfig(
-        image_size=224, patch_size=16, num_classes=10, dim=192, depth=4, heads=3, mlp_dim=768,
-        id2label={i: f"class_{i}" for i in range(10)},
-    )  # fmt: skip
-    model = hf_vit_flax.FlaxViTForImageClassification(config, seed=0)
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    if timm is not None:
+        from hf_vit_flax.sources import Source
+        from hf_vit_flax.verify import save_timm_checkpoint
+
+        checkpoint = save_timm_checkpoint(
+            timm.create_model("deit_tiny_patch16_224", pretrained=False), os.path.join(args.output_dir, "timm-deit-tiny")
+        )
+        print(f"wrote a timm checkpoint (deit_tiny_patch16_224, random weights) to {checkpoint}")
+        source = Source.parse(str(checkpoint))
+        model = source.convert()
+        model.card_data["parity"] = parity = source.verify(model)
+        print(f"converted to {type(model).__name__}; max |logits difference| against timm: {parity:.2e}")
+    else:
+        print("timm is not installed (pip install -e '.[torch]'): building a small ViT from a config instead")
+        config = hf_vit_flax.ViTConfig(
+            image_size=224, patch_size=16, num_classes=10, dim=192, depth=4, heads=3, mlp_dim=768,
+            id2label={i: f"class_{i}" for i in range(10)},
+        )  # fmt: skip
+        model = hf_vit_flax.FlaxViTForImageClassification(config, seed=0)
     model_dir = os.path.join(args.output_dir, "model")
     model.save_pretrained(model_dir)
-    print(f"saved a {model.num_parameters_exact:,}-parameter ViT (random weights) to {model_dir}")
+    print(f"saved {model.num_parameters_exact:,} parameters to {model_dir}")
     reloaded = FlaxAutoModelForImageClassification.from_pretrained(model_dir)
     image = sample_image(os.path.join(args.output_dir, "sample.png"))
     predictions = reloaded.predict(image, top_k=3)
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, NotImplementedError) as err:
+    except (ValueError, OSError, NotImplementedError, ImportError) as err:
         print(f"hf-vit-flax {args.command}: error: {err}", file=sys.stderr)
         return 2
 

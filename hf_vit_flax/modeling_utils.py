@@ -28,6 +28,7 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 from safetensors import SafetensorError
 from transformers import FlaxPreTrainedModel, ViTImageProcessor
+from transformers.image_processing_utils import BaseImageProcessor
 from transformers.modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 
 from .configuration_utils import VisionTransformerConfig
@@ -141,7 +142,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
             input_shape = (1, height, width, config.channels)
         self.param_dtype = param_dtype
         self.card_data: dict[str, Any] = {}
-        self._image_processor: ViTImageProcessor | None = None
+        self._image_processor: BaseImageProcessor | None = None
         self._jitted = {}
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
 
@@ -260,14 +261,18 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
 
     # -- image processor and prediction ---------------------------------------------------------------
     @property
-    def image_processor(self) -> ViTImageProcessor:
-        """The preprocessing saved with the weights (``preprocessor_config.json``)."""
+    def image_processor(self) -> BaseImageProcessor:
+        """The preprocessing saved with the weights (``preprocessor_config.json``).
+
+        By default a ``ViTImageProcessor`` at the config's image size; converters set the original's
+        evaluation transform (e.g. timm's resize + center crop).
+        """
         if self._image_processor is None:
             self._image_processor = ViTImageProcessor(**self.config.image_processor_kwargs())
         return self._image_processor
 
     @image_processor.setter
-    def image_processor(self, processor: ViTImageProcessor) -> None:
+    def image_processor(self, processor: BaseImageProcessor) -> None:
         self._image_processor = processor
 
     def predict(self, images, top_k: int = 5) -> list[list[dict[str, Any]]]:
@@ -411,8 +416,10 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
             for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             if k in kwargs
         }
-        try:
-            self._image_processor = ViTImageProcessor.from_pretrained(name_or_path, **hub_kwargs)
+        from transformers import AutoImageProcessor
+
+        try:  # the class the processor was saved with (ViT, or Bit / DeiT for timm's crop transform)
+            self._image_processor = AutoImageProcessor.from_pretrained(name_or_path, use_fast=False, **hub_kwargs)
         except (OSError, ValueError):
             self._image_processor = None  # none saved: the config's default is used
 

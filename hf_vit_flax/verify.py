@@ -84,3 +84,29 @@ def verify_timm(
         raise ValueError("verification compares logits: convert with the classifier head to verify")
     reference = _timm_reference(source, architecture, image_size, model.config.num_labels)
     return max_logits_difference(model, reference)
+
+
+def save_timm_checkpoint(model, folder: str | os.PathLike, tag: str | None = None) -> Path:
+    """Write a live timm model in the timm Hub format (``config.json`` + ``model.safetensors``).
+
+    The layout ``timm.create_model(..., pretrained=True)`` and ``hf_vit_flax.from_timm`` read; used to
+    make offline sources (the demo, tests) from models built locally.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = dict(model.pretrained_cfg)
+    keep = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode", "license", "num_classes")
+    pretrained_cfg = {k: cfg[k] for k in keep if k in cfg}
+    if tag or cfg.get("tag"):
+        pretrained_cfg["tag"] = tag or cfg["tag"]
+    config = {
+        "architecture": cfg["architecture"],
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "pretrained_cfg": pretrained_cfg,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder

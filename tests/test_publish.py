@@ -11,13 +11,14 @@ import sys
 
 import pytest
 
+from transformers import FlaxAutoModelForImageClassification
+
 from hf_vit_flax.cli import main
 from hf_vit_flax.hub import PROVENANCE_KEY, card_metadata
 from tests.helpers import randomize_
 from tests.hub_server import serve
 
 timm = pytest.importorskip("timm")
-safetensors_torch = pytest.importorskip("safetensors.torch")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH, TAG = "deit_tiny_patch16_224", "fb_in1k"
@@ -27,16 +28,11 @@ def timm_checkpoint_files(seed: int) -> dict[str, bytes]:
     """A timm-format repo's files for ``ARCH`` with random weights (logits O(1))."""
     import tempfile
 
-    model = randomize_(timm.create_model(ARCH, pretrained=False), seed)
-    cfg = dict(model.pretrained_cfg)
-    config = {"architecture": ARCH, "num_classes": 1000, "num_features": 192,
-              "pretrained_cfg": {k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct", "interpolation")
-                                 if k in cfg} | {"tag": TAG}}  # fmt: skip
+    from hf_vit_flax.verify import save_timm_checkpoint
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.safetensors")
-        safetensors_torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path)
-        weights = open(path, "rb").read()
-    return {"config.json": json.dumps(config).encode(), "model.safetensors": weights}
+        folder = save_timm_checkpoint(randomize_(timm.create_model(ARCH, pretrained=False), seed), tmp, tag=TAG)
+        return {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +54,10 @@ def test_convert_local_timm_folder_with_verify(local_checkpoint, tmp_path, capsy
     assert "Verified against the original" in card and "timm" in card_metadata(card)["tags"]
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"]["0"] != "LABEL_0"  # ImageNet class names for a 1000-class head
+    # timm's evaluation transform (resize the shortest edge to 224 / crop_pct, center-crop) comes back.
+    processor = FlaxAutoModelForImageClassification.from_pretrained(out).image_processor
+    assert type(processor).__name__ == "BitImageProcessor"
+    assert processor.size == {"shortest_edge": 248} and processor.crop_size == {"height": 224, "width": 224}
 
 
 def test_convert_refuses_to_push_when_parity_fails(local_checkpoint, tmp_path, capsys, monkeypatch):

@@ -20,9 +20,7 @@ def _convert(args: argparse.Namespace) -> int:
     from hf_vit_flax.sources import Source
     from hf_vit_flax.verify import PUSH_TOLERANCE
 
-    source = Source.parse(
-        args.source, variant=args.variant, architecture=args.architecture, image_size=args.image_size
-    )
+    source = Source.parse(args.source, variant=args.variant, architecture=args.architecture, image_size=args.image_size)
     model = source.convert()
     print(f"converted {args.source} -> {type(model).__name__} ({model.num_parameters_exact:,} parameters)")
     parity = None
@@ -91,7 +89,8 @@ def _demo(args: argparse.Namespace) -> int:
         from hf_vit_flax.verify import save_timm_checkpoint
 
         checkpoint = save_timm_checkpoint(
-            timm.create_model("deit_tiny_patch16_224", pretrained=False), os.path.join(args.output_dir, "timm-deit-tiny")
+            timm.create_model("deit_tiny_patch16_224", pretrained=False),
+            os.path.join(args.output_dir, "timm-deit-tiny"),
         )
         print(f"wrote a timm checkpoint (deit_tiny_patch16_224, random weights) to {checkpoint}")
         source = Source.parse(str(checkpoint))

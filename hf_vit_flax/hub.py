@@ -20,7 +20,10 @@ PROVENANCE_KEY = "hf_vit_flax_conversion"
 PAPERS = {
     "vit_flax": ("An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale", "2010.11929"),
     "cait_flax": ("Going deeper with Image Transformers", "2103.17239"),
-    "crossvit_flax": ("CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification", "2103.14899"),
+    "crossvit_flax": (
+        "CrossViT: Cross-Attention Multi-Scale Vision Transformer for Image Classification",
+        "2103.14899",
+    ),
     "crossformer_flax": ("CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention", "2108.00154"),
 }
 
@@ -44,7 +47,12 @@ def model_card(model, repo_id: str | None = None) -> str:
     if extra.get("provenance"):
         # What the publishing pipeline compares to skip checkpoints already published unchanged.
         meta[PROVENANCE_KEY] = dict(extra["provenance"])
-    num_params = int(sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree if not model._is_initialized else model.params)))
+    num_params = int(
+        sum(
+            np.prod(x.shape)
+            for x in jax.tree.leaves(model.params_shape_tree if not model._is_initialized else model.params)
+        )
+    )
     title, arxiv = PAPERS.get(config.model_type, (type(model).__name__, None))
     height, width = config.image_size_hw
     body = [
@@ -72,7 +80,7 @@ def model_card(model, repo_id: str | None = None) -> str:
         "```",
         "",
         "`model(pixel_values)` takes NCHW arrays as produced by the saved image processor "
-        "(`transformers.AutoImageProcessor.from_pretrained(...)(images, return_tensors=\"np\")`).",
+        '(`transformers.AutoImageProcessor.from_pretrained(...)(images, return_tensors="np")`).',
     ]
     if extra.get("citation"):
         body += ["", "## Citation", "", "```bibtex", extra["citation"].strip(), "```"]

@@ -64,7 +64,9 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload=None, headers: dict | None = None, head: bool = False, raw: bytes | None = None):
+    def _send(
+        self, status: int, payload=None, headers: dict | None = None, head: bool = False, raw: bytes | None = None
+    ):
         body = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if raw is None else "application/octet-stream")
@@ -87,7 +89,9 @@ class Handler(BaseHTTPRequestHandler):
             repo_id = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
             created = self.state.create(repo_id)
             url = f"http://{self.headers['Host']}/{repo_id}"
-            return self._send(200 if created else 409, {"url": url, "name": repo_id, "error": None if created else "exists"})
+            return self._send(
+                200 if created else 409, {"url": url, "name": repo_id, "error": None if created else "exists"}
+            )
         if path == "/api/validate-yaml":
             return self._send(200, {})
         m = re.fullmatch(rf"/api/models/{REPO}/preupload/(?P<rev>[^/]+)", path)

@@ -17,7 +17,10 @@ def test_predict_prints_top_k_labels(tmp_path, capsys):
     FlaxViTForImageClassification(config).save_pretrained(tmp_path / "model")
     for name in ("a.png", "b.jpg"):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / name)
-    assert main(["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--top-k", "2"]) == 0
+    assert (
+        main(["predict", str(tmp_path / "model"), str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--top-k", "2"])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].endswith("a.png") and lines[3].endswith("b.jpg") and len(lines) == 6
     assert all(line.split()[1] in ("cat", "dog", "bird") for line in lines[1:3])

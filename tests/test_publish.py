@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from transformers import FlaxAutoModelForImageClassification
 
 from hf_vit_flax.cli import main

@@ -175,7 +175,7 @@ def test_gradient_checkpointing_keeps_paths_and_values(small):
 
     g_plain = jax.grad(loss)(small.params, small)
     g_remat = jax.grad(loss)(small.params, remat)
-    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat)):
+    for a, b in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_remat), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 

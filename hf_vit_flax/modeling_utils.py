@@ -150,9 +150,9 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
     def init_weights(self, rng: jax.Array, input_shape: tuple, params=None):
         pixel_values = jnp.zeros(input_shape, dtype=jnp.float32)
         params_rng, dropout_rng = jax.random.split(rng)
-        random_params = self.module.init(
-            {"params": params_rng, "dropout": dropout_rng}, pixel_values, return_dict=False
-        )["params"]
+        # Jitted: an eager init dispatches every op on its own (minutes for the larger families).
+        init = jax.jit(self.module.init, static_argnames="return_dict")
+        random_params = init({"params": params_rng, "dropout": dropout_rng}, pixel_values, return_dict=False)["params"]
         if params is None:
             return random_params
         random_params = flatten_dict(unfreeze(random_params))

@@ -447,7 +447,11 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         )
 
     if hub_config:
-        pretrained_cfg = {**hub_config.get("pretrained_cfg", {}), "architecture": architecture}
+        # Older exports keep the pretrained_cfg fields at the top level (timm reads both).
+        legacy = {k: v for k, v in hub_config.items() if k not in ("architecture", "num_features", "model_args")}
+        pretrained_cfg = {**(hub_config.get("pretrained_cfg") or legacy), "architecture": architecture}
+        if "labels" in pretrained_cfg:
+            pretrained_cfg.setdefault("label_names", pretrained_cfg.pop("labels"))
         config = _apply_hub_config(family, architecture, config, hub_config, state_dict)
     elif not _is_torch_module(source):
         config = _with_head_from_weights(config, state_dict)

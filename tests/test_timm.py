@@ -193,6 +193,14 @@ def test_saved_image_processor_reloads_with_auto_class(tmp_path):
     model.save_pretrained(tmp_path / "m")
     reloaded = AutoImageProcessor.from_pretrained(tmp_path / "m")
     assert type(reloaded).__name__ == "BitImageProcessor" and reloaded.crop_size == model.image_processor.crop_size
+    from transformers import FlaxAutoModelForImageClassification
+
+    again = FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "m")
+    assert again.image_processor.to_dict() == model.image_processor.to_dict()
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 60, 3), dtype=np.uint8))
+    assert again.predict(image, top_k=2) == model.predict(image, top_k=2)
 
 
 # -- the torch-free path: Hub repos from an offline cache, in a subprocess without torch -------------------
@@ -319,6 +327,20 @@ def test_default_tag_and_missing_cache(tmp_path, monkeypatch):
     # Without a tag, timm's default (first) tag is used: its repo is not cached here.
     with pytest.raises(OSError, match="timm/deit_tiny_patch16_224.fb_in1k"):
         hf_vit_flax.from_timm("deit_tiny_patch16_224")
+
+
+def test_legacy_config_layout(tmp_path):
+    from safetensors.torch import save_file
+
+    module = randomize_(timm.create_model("deit_tiny_patch16_224", pretrained=False), seed=8)
+    save_file(dict(module.state_dict()), tmp_path / "model.safetensors")
+    legacy = {"architecture": "deit_tiny_patch16_224", "num_classes": 1000, "input_size": [3, 224, 224],
+              "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(legacy))
+    model = hf_vit_flax.from_timm(tmp_path)
+    assert model.image_processor.size == {"shortest_edge": 256} and model.image_processor.image_mean == [0.5] * 3
+    x = images(1, 224, 224)
+    assert_parity(model(x).logits, torch_logits(module, x))
 
 
 def test_local_folder_without_weights(tmp_path):

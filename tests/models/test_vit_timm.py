@@ -332,3 +332,30 @@ def test_mismatched_checkpoints_raise_naming_keys(tmp_path):
         hf_vit_flax.from_timm(tmp_path / "vit_tiny.safetensors", architecture="vit_small_patch16_224")
     with pytest.raises(ValueError, match="architecture="):
         hf_vit_flax.from_timm(tmp_path / "vit_tiny.safetensors")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(pool="map", distilled=True), "distilled=True"),
+        (dict(pool="cls", class_token=False), "pool='cls' reads the class token"),
+        (dict(reg_tokens=-1), "reg_tokens must be >= 0"),
+        (dict(patch_embedding="linear"), "patch_embedding must be one of"),
+        (dict(mlp_activation="relu"), "mlp_activation must be one of"),
+        (dict(layer_scale_init=0.0), "layer_scale_init must be a positive"),
+        (dict(pool="avg"), "pool must be"),
+    ],
+)
+def test_timm_option_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ViTConfig(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        module = ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32, **kwargs)
+        jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+
+
+def test_conv_embedding_takes_image_sizes_the_patch_does_not_divide():
+    # timm's conv ignores the remainder; vit-pytorch's rearrange cannot.
+    assert ViTConfig(image_size=36, patch_size=8, patch_embedding="conv").image_size == 36
+    with pytest.raises(ValueError, match="not divisible"):
+        ViTConfig(image_size=36, patch_size=8)

@@ -56,7 +56,9 @@ def dumps(data: dict) -> str:
     import re
 
     text = json.dumps(data, indent=2)
-    return re.sub(r"\[\s*([-0-9.e, \n]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text)
+    return re.sub(
+        r"\[\s*([-0-9.e, \n]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]", text
+    )
 
 
 def variant_dict(config) -> dict:
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
             report.append((prefix, stats))
     UNSUPPORTED.write_text(json.dumps(dict(sorted(unsupported.items())), indent=2) + "\n")
     for prefix, s in report:
-        print(f"{prefix:<10} architectures {s['archs_ok']:>4}/{s['archs']:<4} pretrained tags {s['tags_ok']:>4}/{s['tags']}")
+        print(
+            f"{prefix:<10} architectures {s['archs_ok']:>4}/{s['archs']:<4} pretrained tags {s['tags_ok']:>4}/{s['tags']}"
+        )
     for failure in failures:
         print("PARAMETER COUNT MISMATCH", failure)
     return 1 if failures else 0

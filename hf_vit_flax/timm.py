@@ -206,7 +206,11 @@ def imagenet_labels(num_classes: int) -> list[str] | None:
 def _labels(num_classes: int, label_names=None, label_descriptions=None) -> list[str] | None:
     """Labels of a head: the checkpoint's own names when it has them, else timm's ImageNet lists."""
     if label_names is not None:
-        names = [label_names[i] for i in sorted(label_names, key=int)] if isinstance(label_names, dict) else list(label_names)
+        names = (
+            [label_names[i] for i in sorted(label_names, key=int)]
+            if isinstance(label_names, dict)
+            else list(label_names)
+        )
         if len(names) == num_classes:
             if label_descriptions:
                 return [label_descriptions.get(n, n) for n in names]
@@ -233,7 +237,9 @@ def image_processor_from_pretrained_cfg(pretrained_cfg: Mapping[str, Any], image
     """
     from transformers import BitImageProcessor, DeiTImageProcessor
 
-    height, width = _hw(image_size) if image_size is not None else tuple(pretrained_cfg.get("input_size", (3, 224, 224))[1:])
+    height, width = (
+        _hw(image_size) if image_size is not None else tuple(pretrained_cfg.get("input_size", (3, 224, 224))[1:])
+    )
     crop_pct = float(pretrained_cfg.get("crop_pct") or 0.875)  # timm's DEFAULT_CROP_PCT
     interpolation = pretrained_cfg.get("interpolation") or "bicubic"
     common = dict(
@@ -316,7 +322,9 @@ def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarra
     try:
         config_path = hf_hub_download(repo_id, "config.json", **hub_kwargs)
     except Exception as err:  # huggingface_hub's errors do not always name the repo
-        raise OSError(f"could not fetch config.json of the Hub repo {repo_id} (offline, it must be cached): {err}") from err
+        raise OSError(
+            f"could not fetch config.json of the Hub repo {repo_id} (offline, it must be cached): {err}"
+        ) from err
     with open(config_path, encoding="utf-8") as f:
         hub_config = json.load(f)
     errors = []
@@ -469,7 +477,9 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     if overrides:
         unknown = [k for k in overrides if not hasattr(config, k)]
         if unknown:
-            raise TypeError(f"from_timm got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})")
+            raise TypeError(
+                f"from_timm got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})"
+            )
         config = _replace(config, **overrides)
 
     labels = _labels(config.num_labels, hub_config.get("label_names") or pretrained_cfg.get("label_names"),
@@ -563,7 +573,14 @@ def _default_pretrained_cfg(architecture: str) -> dict[str, Any]:
 
 def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], origin: str) -> dict[str, Any]:
     tag = pretrained_cfg.get("tag") or ""
-    citation = next((c for p, c in sorted(CITATIONS.items(), key=lambda i: -len(i[0])) if architecture and architecture.startswith(p)), None)
+    citation = next(
+        (
+            c
+            for p, c in sorted(CITATIONS.items(), key=lambda i: -len(i[0]))
+            if architecture and architecture.startswith(p)
+        ),
+        None,
+    )
     data: dict[str, Any] = {
         "source": origin,
         "tags": ["timm"] + ([architecture] if architecture else []),

@@ -41,7 +41,9 @@ torch = pytest.importorskip("torch")
 def test_list_timm_models():
     names = list_timm_models()
     assert {"vit_base_patch16_224", "deit_tiny_distilled_patch16_224", "deit3_small_patch16_224"} <= set(names)
-    assert names == sorted(names) and all(n.startswith(("vit_", "deit_", "deit3_", "cait_", "crossvit_")) for n in names)
+    assert names == sorted(names) and all(
+        n.startswith(("vit_", "deit_", "deit3_", "cait_", "crossvit_")) for n in names
+    )
     tagged = list_timm_models(pretrained=True, prefix="deit3_")
     assert "deit3_small_patch16_224.fb_in22k_ft_in1k" in tagged
     assert all(name.split(".")[0] in names for name in tagged)
@@ -163,8 +165,16 @@ def test_live_module_built_from_its_class():
 
 def test_headless_and_card(tmp_path):
     module = randomize_(
-        timm.create_model("deit3_small_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=48,
-                          depth=1, num_heads=3, num_classes=1000)  # fmt: skip
+        timm.create_model(
+            "deit3_small_patch16_224",
+            pretrained=False,
+            img_size=32,
+            patch_size=8,
+            embed_dim=48,
+            depth=1,
+            num_heads=3,
+            num_classes=1000,
+        )  # fmt: skip
     )
     model = hf_vit_flax.from_timm(module)
     assert model.config.id2label[0] == "tench, Tinca tinca"

@@ -130,10 +130,20 @@ class ViTConfig(VisionTransformerConfig):
         super().__init__(num_classes=num_classes, **kwargs)
 
     def validate(self) -> None:
-        check_positive(dim=self.dim, depth=self.depth, heads=self.heads, mlp_dim=self.mlp_dim,
-                       dim_head=self.dim_head, channels=self.channels)
-        check_rate(dropout=self.dropout, emb_dropout=self.emb_dropout, drop_path_rate=self.drop_path_rate,
-                   head_dropout=self.head_dropout)
+        check_positive(
+            dim=self.dim,
+            depth=self.depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            dim_head=self.dim_head,
+            channels=self.channels,
+        )
+        check_rate(
+            dropout=self.dropout,
+            emb_dropout=self.emb_dropout,
+            drop_path_rate=self.drop_path_rate,
+            head_dropout=self.head_dropout,
+        )
         check_vit_options(
             pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
             reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,

@@ -217,8 +217,9 @@ class ViT(nn.Module):
         tokens = [getattr(self, name).astype(dtype) for on, name in present if on]
         return [jnp.broadcast_to(t, (batch, *t.shape)) for t in tokens]
 
-    def forward_features(self, img, *, train: bool = False, output_hidden_states: bool = False,
-                         output_attentions: bool = False) -> Features:
+    def forward_features(
+        self, img, *, train: bool = False, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> Features:
         check_image(img, pair(self.image_size), self.channels, family="ViT")
         x = self.patch_embed(img.astype(self.dtype))
         prefix = self.prefix_tokens(x.shape[0], x.dtype)

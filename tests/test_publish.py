@@ -10,14 +10,13 @@ import subprocess
 import sys
 
 import pytest
+import timm
 from transformers import FlaxAutoModelForImageClassification
 
 from hf_vit_flax.cli import main
 from hf_vit_flax.hub import PROVENANCE_KEY, card_metadata
 from tests.helpers import randomize_
 from tests.hub_server import serve
-
-timm = pytest.importorskip("timm")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH, TAG = "deit_tiny_patch16_224", "fb_in1k"

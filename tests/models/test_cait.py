@@ -4,6 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm
+import torch
+from vit_pytorch import cait as vit_pytorch
 
 import hf_vit_flax
 from hf_vit_flax import CaiT, CaiTConfig, FlaxCaiTForImageClassification, FlaxCaiTModel
@@ -11,10 +14,6 @@ from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
 from tests.helpers import assert_parity, images, randomize_, torch_logits
-
-torch = pytest.importorskip("torch")
-vit_pytorch = pytest.importorskip("vit_pytorch.cait")
-timm = pytest.importorskip("timm")
 
 SEED_README = dict(
     image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=12, cls_depth=2, heads=16, mlp_dim=2048

@@ -8,8 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax.traverse_util import flatten_dict
 from transformers import FlaxAutoModelForImageClassification
+from vit_pytorch.crossformer import CrossFormer as TorchCrossFormer
 
 import hf_vit_flax
 from hf_vit_flax import CrossFormer, CrossFormerConfig, FlaxCrossFormerForImageClassification, FlaxCrossFormerModel
@@ -18,13 +20,8 @@ from hf_vit_flax.models.crossformer.convert_crossformer import convert_original
 from hf_vit_flax.variants import variant_names
 from tests.helpers import assert_parity, images, max_abs_diff, randomize_, torch_logits
 
-vit_pytorch = pytest.importorskip("vit_pytorch")
-torch = pytest.importorskip("torch")
-from vit_pytorch.crossformer import CrossFormer as TorchCrossFormer  # noqa: E402
-
-FIXTURES = Path("/work/shared/fixtures/crossformer_official")
-if not FIXTURES.is_dir():
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "crossformer_official"
+# Recorded outputs of the original CrossFormer code (not installable), see the README in that folder.
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "crossformer_official"
 SEED_README = dict(
     num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), global_window_size=(8, 4, 2, 1), local_window_size=7
 )
@@ -288,8 +285,6 @@ def test_config_aliases_and_round_trip():
 def fixture_io():
     from safetensors.numpy import load_file
 
-    if not FIXTURES.is_dir():
-        pytest.skip("the original CrossFormer fixtures are not available")
     io = load_file(str(FIXTURES / "crossformer_tiny_random_io.safetensors"))
     config = json.loads((FIXTURES / "crossformer_tiny_random_config.json").read_text())
     return io, config
@@ -349,7 +344,7 @@ def test_original_checkpoint_keys_are_checked(fixture_io):
         hf_vit_flax.from_crossformer_checkpoint(state_dict, CrossFormerConfig())
 
 
-RELEASED = json.loads((FIXTURES / "crossformer_released_shapes.json").read_text()) if FIXTURES.is_dir() else {}
+RELEASED = json.loads((FIXTURES / "crossformer_released_shapes.json").read_text())
 
 
 def zero_state_dict(name):
@@ -359,8 +354,6 @@ def zero_state_dict(name):
 
 @pytest.mark.parametrize("name", ["crossformer-t", "crossformer-s", "crossformer-b", "crossformer-l"])
 def test_released_layouts_map_onto_presets(name):
-    if name not in RELEASED:
-        pytest.skip("the original CrossFormer fixtures are not available")
     config = CrossFormerConfig.from_preset(name)
     # The preset is the released constructor config.
     assert config.to_module_kwargs() == CrossFormerConfig.from_original(RELEASED[name]["config"]).to_module_kwargs()
@@ -372,8 +365,6 @@ def test_released_layouts_map_onto_presets(name):
 
 
 def test_wrong_preset_names_the_keys():
-    if not RELEASED:
-        pytest.skip("the original CrossFormer fixtures are not available")
     # T (depths 1, 1, 8, 6) read as S (2, 2, 6, 2): keys missing and left over.
     with pytest.raises(ValueError, match=r"missing keys \[layers.0.blocks.1.*unexpected keys \[layers.2.blocks.6"):
         hf_vit_flax.from_crossformer_checkpoint(zero_state_dict("crossformer-t"), "crossformer-s")

@@ -4,7 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm
+import torch
+from timm.models.crossvit import CrossVit
 from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForImageClassification
+from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 import hf_vit_flax
 from hf_vit_flax import CrossViT, CrossViTConfig, FlaxCrossViTForImageClassification, FlaxCrossViTModel
@@ -12,12 +16,6 @@ from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, convert_timm
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
 from tests.helpers import assert_parity, images, max_abs_diff, randomize_, torch_logits
-
-vit_pytorch = pytest.importorskip("vit_pytorch")
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
-from timm.models.crossvit import CrossVit  # noqa: E402
-from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT  # noqa: E402
 
 SMALL = dict(sm_enc_mlp_dim=64, lg_enc_mlp_dim=96, sm_enc_dim_head=16, lg_enc_dim_head=16, cross_attn_dim_head=16)
 

@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import vit_pytorch
 
 import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
 from tests.helpers import assert_parity, images, randomize_, torch_logits
-
-vit_pytorch = pytest.importorskip("vit_pytorch")
 
 PARITY_CONFIGS = {
     "square-cls": dict(image_size=32, patch_size=8, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16),

@@ -15,6 +15,8 @@ import shutil
 import jax
 import numpy as np
 import pytest
+import timm
+import torch
 
 import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
@@ -22,9 +24,6 @@ from hf_vit_flax.conversion_utils import resample_abs_pos_embed, to_numpy
 from hf_vit_flax.models.vit.convert_vit import config_from_timm, convert_timm
 from hf_vit_flax.timm import timm_variant_info
 from tests.helpers import assert_parity, images, randomize_, torch_logits
-
-timm = pytest.importorskip("timm")
-torch = pytest.importorskip("torch")
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
 

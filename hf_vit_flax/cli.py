@@ -6,7 +6,8 @@
 
 SOURCE is ``timm:<name>[.<tag>]`` (a timm checkpoint on the Hub), a local timm-format folder or
 weights file (with ``--architecture`` when no timm config.json is next to it), or
-``crossformer:<path>`` with ``--variant t|s|b|l`` (the original CrossFormer release).
+``crossformer:<path>`` with ``--variant t|s|b|l`` or ``--config CONFIG.json`` (the original
+CrossFormer release).
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ def _convert(args: argparse.Namespace) -> int:
     from hf_vit_flax.sources import Source
     from hf_vit_flax.verify import PUSH_TOLERANCE
 
-    source = Source.parse(args.source, variant=args.variant, architecture=args.architecture, image_size=args.image_size)
+    source = Source.parse(
+        args.source,
+        variant=args.variant,
+        architecture=args.architecture,
+        image_size=args.image_size,
+        config=args.config,
+    )
     model = source.convert()
     print(f"converted {args.source} -> {type(model).__name__} ({model.num_parameters_exact:,} parameters)")
     parity = None
@@ -129,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     convert.add_argument("--verify", action="store_true", help="compare with the original (needs torch and timm)")
     convert.add_argument("--variant", choices=["t", "s", "b", "l"], default=None, help="CrossFormer release variant")
+    convert.add_argument("--config", default=None, help="CrossFormer: JSON config instead of --variant")
     convert.add_argument("--architecture", default=None, help="timm architecture of a local checkpoint")
     convert.set_defaults(run=_convert)
 

@@ -2,6 +2,7 @@
 
 ``timm:<name>[.<tag>]``   a timm model on the Hub (``timm/<name>``), converted without torch
 ``crossformer:<path>``    an original CrossFormer release checkpoint (``.pth``), with a variant t|s|b|l
+                          or a config (a JSON file: the release's constructor arguments, or our config.json)
 ``<path>``                a local timm-format folder (config.json + weights) or weights file
 """
 
@@ -20,15 +21,18 @@ class Source:
     variant: str | None = None
     architecture: str | None = None
     image_size: int | None = None
+    config: str | None = None  # CrossFormer: a JSON config file instead of a released variant
 
     @classmethod
-    def parse(cls, spec: str, *, variant=None, architecture=None, image_size=None) -> Source:
+    def parse(cls, spec: str, *, variant=None, architecture=None, image_size=None, config=None) -> Source:
         kind, sep, rest = spec.partition(":")
         if sep and kind in ("timm", "crossformer"):
-            if kind == "crossformer" and not variant:
-                raise ValueError("a crossformer: source needs --variant t|s|b|l (CrossFormer-T/S/B/L)")
-            return cls(kind, rest, variant, architecture, image_size)
-        return cls("local", spec, variant, architecture, image_size)
+            if kind == "crossformer" and not (variant or config):
+                raise ValueError(
+                    "a crossformer: source needs --variant t|s|b|l (CrossFormer-T/S/B/L) or --config CONFIG.json"
+                )
+            return cls(kind, rest, variant, architecture, image_size, config)
+        return cls("local", spec, variant, architecture, image_size, config)
 
     def convert(self) -> FlaxVisionPreTrainedModel:
         if self.kind == "crossformer":
@@ -36,7 +40,7 @@ class Source:
 
             if self.image_size is not None:
                 raise ValueError("--image-size applies to timm ViT-family checkpoints, not to CrossFormer")
-            return from_crossformer_checkpoint(self.location, f"crossformer-{self.variant.lower()}")
+            return from_crossformer_checkpoint(self.location, self._crossformer_config())
         from .timm import from_timm
 
         kwargs: dict[str, Any] = {}
@@ -45,6 +49,18 @@ class Source:
         if self.architecture:
             kwargs["architecture"] = self.architecture
         return from_timm(self.location, **kwargs)
+
+    def _crossformer_config(self):
+        if self.config is None:
+            return f"crossformer-{self.variant.lower()}"
+        import json
+
+        from . import CrossFormerConfig
+
+        with open(self.config, encoding="utf-8") as f:
+            data = json.load(f)
+        # Our config.json names its model_type; anything else is the release's constructor arguments.
+        return CrossFormerConfig.from_dict(data) if "model_type" in data else data
 
     def verify(self, model: FlaxVisionPreTrainedModel) -> float:
         """Max |logits difference| against the original (timm needs torch and timm installed)."""

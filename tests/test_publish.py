@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import timm
 from transformers import FlaxAutoModelForImageClassification
@@ -133,3 +134,17 @@ def test_manifest_covers_every_supported_pretrained_tag():
     assert {f"timm:{name}" for name in list_timm_models(pretrained=True)} <= sources
     assert sum(s.startswith("crossformer:") for s in sources) == 4
     assert len({entry["repo_id"] for entry in manifest["models"]}) == len(manifest["models"])
+
+
+def test_convert_original_crossformer_checkpoint_matches_recorded_outputs(tmp_path, capsys):
+    from safetensors.numpy import load_file
+
+    fixtures = os.path.join(ROOT, "tests", "fixtures", "crossformer_official")
+    out = tmp_path / "crossformer"
+    code = main(["convert", f"crossformer:{fixtures}/crossformer_tiny_random.pth", "--output-dir", str(out),
+                 "--config", f"{fixtures}/crossformer_tiny_random_config.json"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    reference = load_file(f"{fixtures}/crossformer_tiny_random_io.safetensors")
+    model = FlaxAutoModelForImageClassification.from_pretrained(out)
+    logits = np.asarray(model(reference["pixel_values"]).logits)
+    assert np.max(np.abs(logits - reference["logits"])) <= 1e-5

@@ -235,6 +235,32 @@ class DropPath(nn.Module):
         return jnp.where(mask, x / keep, 0).astype(x.dtype)
 
 
+@jax.custom_jvp
+def gradient_barrier(x: jax.Array) -> jax.Array:
+    """The identity, whose gradient goes through a conditional: put at the output of a residual block.
+
+    Without it, XLA:CPU fuses the element-wise backward of a residual stack (LayerNorm backward and
+    residual additions) into every consumer of every layer's gradient, recomputing the chain of all
+    later layers each time: the backward pass and its compile time grow quadratically with depth
+    (measured: 6x the forward for 12 ViT-Ti blocks, 15x for 24; with a barrier per block, ~3.8x).
+    A conditional is a boundary that no fusion crosses (optimization barriers are removed before
+    fusion on CPU). Forward values and gradients are unchanged; other backends skip it.
+    """
+    return x
+
+
+@gradient_barrier.defjvp
+def _gradient_barrier_jvp(primals, tangents):
+    (x,), (tangent,) = primals, tangents
+    if jax.default_backend() != "cpu" or x.size == 0:
+        return x, tangent
+    first = x.reshape(-1)[0]
+    # Always true unless the activations are NaN already (then so is the gradient); the two branches
+    # differ, else XLA would remove the conditional.
+    tangent = jax.lax.cond(first == first, lambda t: t, lambda t: jnp.full_like(t, jnp.nan), tangent)
+    return x, tangent
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``, with optional LayerScale / DropPath."""
 
@@ -280,7 +306,7 @@ class TransformerBlock(nn.Module):
         x = x + self.drop_path1(self._scale("ls1", y), deterministic=deterministic)
         y = self.mlp(self.norm2(x), deterministic=deterministic)
         x = x + self.drop_path2(self._scale("ls2", y), deterministic=deterministic)
-        return x, weights
+        return gradient_barrier(x), weights
 
 
 def remat_if(module_cls: type[nn.Module], enabled: bool, static_argnums: tuple[int, ...] = (2, 3)):

@@ -97,3 +97,44 @@ def test_every_entry_is_well_formed():
     assert any(e.quick for e in run.ENTRIES) and all(e.kind in ("torch", "hf_flax") for e in run.ENTRIES)
     with pytest.raises(SystemExit):
         run.main(["--only", "no_such_entry"], entries=run.ENTRIES)
+
+
+# -- the performance changes keep values: attention and the gradient barrier --------------------------
+
+
+def _reference_attention(q, k, v, scale, bias=None):
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k).astype(np.float64) * scale
+    if bias is not None:
+        logits = logits + bias
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", weights, v), weights
+
+
+def test_attend_is_softmax_attention_whether_or_not_weights_are_returned():
+    from hf_vit_flax.layers import attend
+
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((2, 5, 3, 4)).astype(np.float32) for _ in range(3))
+    bias = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    want, want_weights = _reference_attention(q, k, v, 0.5, bias)
+    out, none = attend(q, k, v, scale=0.5, bias=bias)
+    out_w, weights = attend(q, k, v, scale=0.5, bias=bias, return_weights=True)
+    assert none is None and weights.shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    np.testing.assert_allclose(weights, want_weights, atol=1e-6)
+    np.testing.assert_array_equal(out, out_w)  # asking for the weights never changes the output
+
+
+def test_gradient_barrier_keeps_values_gradients_and_tangents():
+    from hf_vit_flax.layers import gradient_barrier
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32))
+    plain = lambda x: jnp.sum(jnp.sin(x * 2.0) ** 2)  # noqa: E731
+    barred = lambda x: jnp.sum(jnp.sin(gradient_barrier(x) * 2.0) ** 2)  # noqa: E731
+    assert float(barred(x)) == float(plain(x))
+    np.testing.assert_array_equal(jax.grad(barred)(x), jax.grad(plain)(x))
+    np.testing.assert_array_equal(jax.jvp(barred, (x,), (x,))[1], jax.jvp(plain, (x,), (x,))[1])
+    np.testing.assert_array_equal(jax.vmap(jax.grad(barred))(x), jax.vmap(jax.grad(plain))(x))
+    if jax.default_backend() == "cpu":  # the conditional that stops XLA:CPU from fusing across blocks
+        assert "conditional" in jax.jit(jax.grad(barred)).lower(x).compile().as_text()

@@ -647,11 +647,20 @@ def _fmt(value, spec: str, missing: str = "–") -> str:
     return missing if value is None else format(value, spec)
 
 
+def _load_warning(machine: dict[str, Any]) -> list[str]:
+    """A note when other processes were using the cores: PyTorch's OpenMP threads then slow down far more than XLA's."""
+    loads = [x[0] for x in (machine.get("load_average_start"), machine.get("load_average_end")) if x]
+    if loads and max(loads) > 0.5 * (machine.get("cores") or 1):
+        return ["**The machine was busy with other work during this run: the figures are noisy.**", ""]
+    return []
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, rate = result["machine"], result["matmul"]
     precision = "bfloat16 computation, float32 parameters" if result["settings"]["gpu"] else "float32"
     lines = [
-        f"Measured {result['date']} with `{result['command']}`",
+        f"Measured {result['date']} with `{result['command']}`"
+        + ("" if result.get("complete", True) else " (interrupted: the entries measured so far)"),
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB; {m['jax_backend']} "
         f"({m['jax_device']}); jax {m['jax']}, flax {m['flax']}, torch {m.get('torch', '-')} "
@@ -659,6 +668,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"XLA_FLAGS={m['XLA_FLAGS'] or '(unset)'}; load average {m['load_average_start']} at the start, "
         f"{m.get('load_average_end')} at the end.",
         "",
+        *_load_warning(m),
         f"Matmul rate ({rate['n']}x{rate['n']} {rate['dtype']}, jitted): {rate['jax_gflops']:.0f} GFLOP/s "
         + (f"(torch: {rate['torch_gflops']:.0f} GFLOP/s)." if rate.get("torch_gflops") else "."),
         "",
@@ -703,6 +713,13 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 # -- main -------------------------------------------------------------------------------------------
+
+
+def _write(result: dict[str, Any], folder: Path) -> str:
+    (folder / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    table = markdown(result)
+    (folder / "latest.md").write_text(table)
+    return table
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -768,27 +785,29 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
         rate["torch_gflops"] = torch_matmul_rate(n) / 1e9
     print(f"matmul rate: {rate}", flush=True)
 
-    records = []
-    for entry in entries:
-        print(f"{entry.model} vs {entry.reference}", flush=True)
-        records.append(run_entry(entry, settings, rate["jax_gflops"] * 1e9, log=lambda s: print(s, flush=True)))
-    # The rate again at the end: a shared machine's load changes during the run.
-    rate["jax_gflops_end"] = matmul_rate(n, dtype) / 1e9
-    machine["load_average_end"] = _loadavg()
     command = "python -m benchmarks.run" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command.strip(),
-        "wall_s": time.perf_counter() - started,
+        "complete": False,
         "machine": machine,
         "settings": dataclasses.asdict(settings),
         "matmul": rate,
-        "entries": records,
+        "entries": [],
     }
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
-    table = markdown(result)
-    (args.output / "latest.md").write_text(table)
+    for entry in entries:
+        print(f"{entry.model} vs {entry.reference}", flush=True)
+        result["entries"].append(
+            run_entry(entry, settings, rate["jax_gflops"] * 1e9, log=lambda s: print(s, flush=True))
+        )
+        result["machine"]["load_average_end"] = _loadavg()
+        result["wall_s"] = time.perf_counter() - started
+        _write(result, args.output)  # after every entry: an interrupted run keeps what it measured
+    # The rate again at the end: a shared machine's load changes during the run.
+    rate["jax_gflops_end"] = matmul_rate(n, dtype) / 1e9
+    result["complete"] = True
+    table = _write(result, args.output)
     print("\n" + table)
     print(f"written to {args.output}/latest.md and latest.json ({result['wall_s']:.0f} s)")
     return result

@@ -38,6 +38,7 @@ from ...layers import (
     LayerScale,
     attend,
     check_image,
+    gradient_barrier,
     layer_norm,
     pair,
     remat_if,
@@ -235,9 +236,9 @@ class _CaiTBlockBase(nn.Module):
         self.drop_path2 = DropPath(self.drop_path)
 
     def _feed_forward(self, x, deterministic: bool):
-        return x + self.drop_path2(
-            self.ls2(self.mlp(self.norm2(x), deterministic=deterministic)), deterministic=deterministic
-        )
+        # The barrier at every layer's output keeps XLA:CPU's backward linear in depth (see gradient_barrier).
+        y = self.drop_path2(self.ls2(self.mlp(self.norm2(x), deterministic=deterministic)), deterministic=deterministic)
+        return gradient_barrier(x + y)
 
 
 class LayerScaleBlock(_CaiTBlockBase):

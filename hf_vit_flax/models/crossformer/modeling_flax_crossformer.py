@@ -32,7 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...layers import DropPath, Features, FeedForward, attend, check_image, layer_norm, remat_if
+from ...layers import (
+    DropPath,
+    Features,
+    FeedForward,
+    attend,
+    check_image,
+    gradient_barrier,
+    layer_norm,
+    remat_if,
+)
 from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_crossformer import (
     CrossFormerConfig,
@@ -266,7 +275,8 @@ class CrossFormerBlock(nn.Module):
         x = x + self.drop_path_layer(self.mlp(self.norm2(x), deterministic=deterministic), deterministic=deterministic)
         if weights is not None:  # (batch, groups, heads, tokens, tokens)
             weights = weights.reshape(x.shape[0], -1, *weights.shape[1:])
-        return x, weights
+        # Keeps XLA:CPU's backward of the residual stack linear in depth (see gradient_barrier).
+        return gradient_barrier(x), weights
 
 
 class CrossFormerStage(nn.Module):

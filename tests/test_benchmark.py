@@ -138,3 +138,43 @@ def test_gradient_barrier_keeps_values_gradients_and_tangents():
     np.testing.assert_array_equal(jax.vmap(jax.grad(barred))(x), jax.vmap(jax.grad(plain))(x))
     if jax.default_backend() == "cpu":  # the conditional that stops XLA:CPU from fusing across blocks
         assert "conditional" in jax.jit(jax.grad(barred)).lower(x).compile().as_text()
+
+
+def test_fused_attention_values_and_gradients_are_softmax_attention():
+    """The GPU path's attention (cuDNN forward where present, XLA backward), here on XLA alone."""
+    from hf_vit_flax.layers import fused_attention
+
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 7, 3, 8)).astype(np.float32)) for _ in range(3))
+    want, _ = _reference_attention(*(np.asarray(x) for x in (q, k, v)), 0.3)
+    np.testing.assert_allclose(fused_attention(q, k, v, 0.3), want, atol=1e-6)
+
+    def loss(attention, q, k, v):
+        return jnp.sum(jnp.tanh(attention(q, k, v)))
+
+    def plain(q, k, v):
+        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) * 0.3, axis=-1)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+    def fused(q, k, v):
+        return fused_attention(q, k, v, 0.3)
+
+    want = jax.grad(loss, argnums=(1, 2, 3))(plain, q, k, v)
+    for attention in (fused, jax.checkpoint(fused)):
+        got = jax.grad(loss, argnums=(1, 2, 3))(attention, q, k, v)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_a_failing_entry_is_recorded_and_the_run_goes_on(tmp_path):
+    def broken():
+        raise MemoryError("out of device memory")
+
+    entries = [
+        run.Entry("broken", "broken model", "nothing", "torch", broken, 32),
+        run.vit_pytorch_entry("tiny_seed", "tiny ViT", "vit_pytorch.vit.ViT", TINY_VIT),
+    ]
+    argv = ["--rounds", "1", "--min-block", "0", "--matmul-size", "64", "--no-train", "--output", str(tmp_path)]
+    broken_record, seed = run.main(argv, entries=entries)["entries"]
+    assert "MemoryError: out of device memory" in broken_record["failed"] and "batch8" in seed
+    assert "broken model vs nothing: failed (MemoryError" in (tmp_path / "latest.md").read_text()

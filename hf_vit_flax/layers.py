@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -40,8 +41,18 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
-# PyTorch's nn.GELU() is the exact erf form; flax's default is the tanh approximation (~1e-4 off).
-gelu = functools.partial(nn.gelu, approximate=False)
+_SQRT_HALF = float(np.sqrt(0.5))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """PyTorch's ``nn.GELU()``, the exact form ``x (1 + erf(x / sqrt 2)) / 2`` (flax's default is the tanh
+    approximation, ~1e-4 off).
+
+    Written with erf, as PyTorch computes it: ``jax.nn.gelu(approximate=False)`` goes through erfc, which
+    XLA:CPU evaluates ~2.5x slower (ViT-Ti MLP activations, batch 8: 0.57 ms against 1.40 ms); both are
+    within 1.1e-6 of a float64 GELU over [-12, 12], as PyTorch's float32 GELU is.
+    """
+    return x * (0.5 + 0.5 * jax.lax.erf(x * _SQRT_HALF))
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:

@@ -75,7 +75,13 @@ class TalkingHeads(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", self.kernel_init, (self.heads, self.heads), self.param_dtype)
-        x = jnp.einsum("bhqk,hg->bgqk", x, kernel.astype(x.dtype))
+        # A batched (g, h) @ (h, q k) matmul with the kernel broadcast over the batch: no transposes of the
+        # maps, unlike the plain einsum (whose dot contracts the maps' second axis); measured on XLA:CPU,
+        # the forward and backward of CaiT-XXS24's attention 2x faster.
+        batch, heads, queries, keys = x.shape
+        kernel = jnp.broadcast_to(kernel.T.astype(x.dtype), (batch, self.heads, heads))
+        x = jnp.einsum("bgh,bhn->bgn", kernel, x.reshape(batch, heads, queries * keys))
+        x = x.reshape(batch, self.heads, queries, keys)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (self.heads,), self.param_dtype)
             x = x + bias.astype(x.dtype)[None, :, None, None]
@@ -100,14 +106,19 @@ def talking_heads_attend(
     vit-pytorch drops attention weights before the post-softmax mixing, timm after it. The returned
     weights are the ones that multiply the values (after the post-softmax mixing: they need not sum to 1).
     """
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    # Heads-major operands, as in ``attend`` (XLA:CPU's batched matmuls are faster without transposes inside
+    # the dot). Unlike there, the softmax is normalised before the value matmul: the post-softmax mixing
+    # needs the normalised weights.
+    dtype = q.dtype
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     weights = jax.nn.softmax(pre_softmax(logits), axis=-1)
     if dropout_before_mixing:
         weights = dropout(weights, deterministic=deterministic)
     weights = post_softmax(weights)
     if not dropout_before_mixing:
         weights = dropout(weights, deterministic=deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(q.dtype), v)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(dtype), v).transpose(0, 2, 1, 3)
     return out, (weights if return_weights else None)
 
 

@@ -68,9 +68,33 @@ ACTIVATIONS = {
 }
 
 
-def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None, **kwargs) -> nn.LayerNorm:
-    """LayerNorm computed like PyTorch's: two-pass variance, statistics in float32."""
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False, name=name, **kwargs)
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, computed like PyTorch's: two-pass variance, all in float32.
+
+    The parameters are flax's ``nn.LayerNorm`` ones (``scale``, ``bias``). Unlike flax, which multiplies
+    the centred input by ``rsqrt(var + eps) * scale``, the scale applies after normalising: the
+    backward pass then no longer materialises ``scale`` broadcast to the activations' shape, which
+    XLA:CPU could not fuse into its matmul fusions (two such arrays per block of the training step).
+    """
+
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        x = x.astype(jnp.promote_types(jnp.float32, x.dtype))
+        centred = x - x.mean(axis=-1, keepdims=True)
+        y = centred * jax.lax.rsqrt(jnp.square(centred).mean(axis=-1, keepdims=True) + self.epsilon)
+        y = y * self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        y = y + self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        return y.astype(self.dtype)
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> LayerNorm:
+    """PyTorch's ``nn.LayerNorm(dim, eps)`` as a module (see :class:`LayerNorm`)."""
+    return LayerNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def check_image(images: jax.Array, image_size: tuple[int, int], channels: int, *, family: str) -> None:
@@ -155,12 +179,14 @@ def attend(
     deterministic: bool = True,
     bias: jax.Array | None = None,
     return_weights: bool = False,
+    heads_major: bool = False,
 ) -> tuple[jax.Array, jax.Array | None]:
-    """Scaled dot-product attention over ``(batch, tokens, heads, head_dim)`` inputs.
+    """Scaled dot-product attention over ``(batch, tokens, heads, head_dim)`` inputs, or
+    ``(batch, heads, tokens, head_dim)`` ones with ``heads_major=True``.
 
     The softmax runs in float32 whatever the computation dtype. ``bias`` is added to the logits
-    (broadcast against ``(batch, heads, q_tokens, k_tokens)``). Returns the output in the same
-    layout as ``q`` and, when asked, the attention probabilities ``(batch, heads, q, k)``.
+    (broadcast against ``(batch, heads, q_tokens, k_tokens)``). Returns the output as
+    ``(batch, tokens, heads, head_dim)`` and, when asked, the attention probabilities ``(batch, heads, q, k)``.
 
     On a GPU, in bfloat16 or float16 without weights to return or dropout to apply, this is
     :func:`fused_attention` (cuDNN's flash attention where it applies).
@@ -169,10 +195,13 @@ def attend(
     no_dropout = dropout is None or deterministic or dropout.rate == 0.0
     half = dtype in (jnp.bfloat16, jnp.float16)
     if half and jax.default_backend() == "gpu" and bias is None and no_dropout and not return_weights:
+        if heads_major:
+            q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
         return fused_attention(q, k, v, scale), None
     # Heads-major operands: XLA:CPU runs the two batched matmuls ~2.5x faster on (batch, heads, tokens,
     # head_dim) arrays than when the einsums transpose inside the dot (measured on ViT-B/16 shapes).
-    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+    if not heads_major:
+        q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -214,16 +243,18 @@ class Attention(nn.Module):
 
     def __call__(self, x, *, deterministic: bool = True, output_attentions: bool = False):
         batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        # One transpose to (3, batch, heads, tokens, head_dim): q, k and v are then contiguous slices,
+        # and the backward pass stacks their gradients instead of padding each into the qkv layout.
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head).transpose(2, 0, 3, 1, 4)
         out, weights = attend(
-            q,
-            k,
-            v,
+            qkv[0],
+            qkv[1],
+            qkv[2],
             scale=self.dim_head**-0.5,
             dropout=self.attn_drop,
             deterministic=deterministic,
             return_weights=output_attentions,
+            heads_major=True,
         )
         out = out.reshape(batch, tokens, self.heads * self.dim_head)
         if self.project_out:

@@ -15,6 +15,14 @@ from transformers import PretrainedConfig
 
 DEFAULT_NUM_CLASSES = 1000
 
+# transformers' names of a plain transformer stack's sizes, as aliases of the seed names (ViT, CaiT).
+TRANSFORMER_ATTRIBUTE_MAP = {
+    "hidden_size": "dim",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "heads",
+    "intermediate_size": "mlp_dim",
+}
+
 
 class VisionTransformerConfig(PretrainedConfig):
     """Base class of the family configs: label handling, validation, the default image processor."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -30,6 +30,24 @@ class Features(NamedTuple):
     pooler_output: jax.Array
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+
+
+class SeedModel(nn.Module):
+    """Base of the seed-style modules (``ViT``, ``CaiT``, ``CrossViT``, ``CrossFormer``).
+
+    ``model.apply(params, img, train=False)`` returns logits ``(batch, num_classes)``, or with
+    ``num_classes <= 0`` the features named by ``headless_output`` (as the PyTorch original returns
+    without its head). Sub-classes define ``num_classes``, ``forward_features`` (a :class:`Features`)
+    and ``forward_head``.
+    """
+
+    headless_output: ClassVar[str] = "last_hidden_state"
+
+    def __call__(self, img, train: bool = False):
+        features = self.forward_features(img, train=train)
+        if self.num_classes <= 0:
+            return getattr(features, self.headless_output)
+        return self.forward_head(features.pooler_output)
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:

@@ -73,8 +73,14 @@ class _ShellModule(nn.Module):
 class FlaxBackboneModule(_ShellModule):
     """Features only: ``last_hidden_state`` (the normed tokens) and ``pooler_output``."""
 
-    def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
-                 output_hidden_states: bool = False, return_dict: bool = True):
+    def __call__(
+        self,
+        pixel_values,
+        deterministic: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ):
         features = self.features(pixel_values, deterministic, output_attentions, output_hidden_states)
         if not return_dict:
             return tuple(v for v in features if v is not None)
@@ -91,8 +97,14 @@ class FlaxClassifierModule(_ShellModule):
 
     with_head: ClassVar[bool] = True
 
-    def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
-                 output_hidden_states: bool = False, return_dict: bool = True):
+    def __call__(
+        self,
+        pixel_values,
+        deterministic: bool = True,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ):
         features = self.features(pixel_values, deterministic, output_attentions, output_hidden_states)
         logits = getattr(self, self.base_model_prefix).forward_head(features.pooler_output)
         if not return_dict:
@@ -438,4 +450,3 @@ def _abbrev(keys: list[str], limit: int = 12) -> str:
         return "none"
     shown = ", ".join(keys[:limit])
     return f"[{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}]"
-

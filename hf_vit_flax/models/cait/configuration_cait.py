@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...configuration_utils import VisionTransformerConfig, as_json_size, check_positive, check_rate, to_pair
+from ...configuration_utils import (
+    TRANSFORMER_ATTRIBUTE_MAP,
+    VisionTransformerConfig,
+    as_json_size,
+    check_positive,
+    check_rate,
+    to_pair,
+)
 
 STYLES = ("vit_pytorch", "timm")
 
@@ -42,13 +49,7 @@ class CaiTConfig(VisionTransformerConfig):
 
     model_type = "cait_flax"
     family_name = "CaiT"
-    attribute_map = {
-        **VisionTransformerConfig.attribute_map,
-        "hidden_size": "dim",
-        "num_hidden_layers": "depth",
-        "num_attention_heads": "heads",
-        "intermediate_size": "mlp_dim",
-    }
+    attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
 
     def __init__(
         self,

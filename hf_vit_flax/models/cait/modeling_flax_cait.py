@@ -36,6 +36,7 @@ from ...layers import (
     Features,
     FeedForward,
     LayerScale,
+    SeedModel,
     attend,
     check_image,
     gradient_barrier,
@@ -378,7 +379,7 @@ class CaiTStack(nn.Module):
         return x, hidden_states, attentions
 
 
-class CaiT(nn.Module):
+class CaiT(SeedModel):
     """Class-Attention in Image Transformers, with vit-pytorch's constructor arguments; NHWC images.
 
     ``CaiT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -481,12 +482,6 @@ class CaiT(nn.Module):
 
     def forward_head(self, pooled):
         return self.head(pooled)
-
-    def __call__(self, img, train: bool = False):
-        features = self.forward_features(img, train=train)
-        if self.num_classes <= 0:
-            return features.last_hidden_state
-        return self.forward_head(features.pooler_output)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

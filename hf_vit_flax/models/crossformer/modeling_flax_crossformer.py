@@ -36,6 +36,7 @@ from ...layers import (
     DropPath,
     Features,
     FeedForward,
+    SeedModel,
     attend,
     check_image,
     gradient_barrier,
@@ -343,7 +344,7 @@ def tokens(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
-class CrossFormer(nn.Module):
+class CrossFormer(SeedModel):
     """CrossFormer with vit-pytorch's constructor arguments (plus the options of the original release); NHWC.
 
     ``CrossFormer(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with
@@ -351,6 +352,8 @@ class CrossFormer(nn.Module):
     active only with ``train=True`` and then need a ``'dropout'`` rng. The options are those of
     :class:`hf_vit_flax.CrossFormerConfig` (which documents each); per-stage values are an int or 4 values.
     """
+
+    headless_output = "pooler_output"
 
     dim: Any = (64, 128, 256, 512)
     depth: Any = (2, 2, 8, 2)
@@ -468,12 +471,6 @@ class CrossFormer(nn.Module):
 
     def forward_head(self, pooled):
         return self.head(pooled)
-
-    def __call__(self, img, train: bool = False):
-        features = self.forward_features(img, train=train)
-        if self.num_classes <= 0:
-            return features.pooler_output
-        return self.forward_head(features.pooler_output)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 from ...layers import (
     DropPath,
     Features,
+    SeedModel,
     Transformer,
     TransformerBlock,
     attend,
@@ -378,7 +379,7 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     return out
 
 
-class CrossViT(nn.Module):
+class CrossViT(SeedModel):
     """CrossViT with vit-pytorch's constructor arguments (plus timm's options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum of the two
@@ -406,6 +407,8 @@ class CrossViT(nn.Module):
     so ``cross_attn_heads`` / ``cross_attn_dim_head`` are ignored, and ``sm_enc_heads *
     sm_enc_dim_head`` must equal ``sm_dim`` (likewise for the large branch).
     """
+
+    headless_output = "pooler_output"
 
     image_size: int | tuple[int, int]
     num_classes: int
@@ -537,12 +540,6 @@ class CrossViT(nn.Module):
         sm_logits = self.sm_head(pooled[..., : self.sm_dim])
         lg_logits = self.lg_head(pooled[..., self.sm_dim :])
         return sm_logits + lg_logits if self.style == "vit_pytorch" else (sm_logits + lg_logits) / 2
-
-    def __call__(self, img, train: bool = False):
-        features = self.forward_features(img, train=train)
-        if self.num_classes <= 0:
-            return features.pooler_output
-        return self.forward_head(features.pooler_output)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...configuration_utils import VisionTransformerConfig, as_json_size, check_positive, check_rate, to_pair
+from ...configuration_utils import (
+    TRANSFORMER_ATTRIBUTE_MAP,
+    VisionTransformerConfig,
+    as_json_size,
+    check_positive,
+    check_rate,
+    to_pair,
+)
 
 
 class ViTConfig(VisionTransformerConfig):
@@ -62,13 +69,7 @@ class ViTConfig(VisionTransformerConfig):
 
     model_type = "vit_flax"
     family_name = "ViT"
-    attribute_map = {
-        **VisionTransformerConfig.attribute_map,
-        "hidden_size": "dim",
-        "num_hidden_layers": "depth",
-        "num_attention_heads": "heads",
-        "intermediate_size": "mlp_dim",
-    }
+    attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
 
     def __init__(
         self,

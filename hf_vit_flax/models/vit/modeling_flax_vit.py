@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from ...layers import (
     Features,
     FeedForward,
+    SeedModel,
     Transformer,
     attend,
     check_divisible,
@@ -108,7 +109,7 @@ class AttentionPoolLatent(nn.Module):
         return out[:, 0]
 
 
-class ViT(nn.Module):
+class ViT(SeedModel):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -253,12 +254,6 @@ class ViT(nn.Module):
         if self.distilled:  # DeiT: the mean of the class-token and distillation-token heads
             return (self.head(pooled[:, 0]) + self.head_dist(pooled[:, 1])) / 2
         return self.head(pooled)
-
-    def __call__(self, img, train: bool = False):
-        features = self.forward_features(img, train=train)
-        if self.num_classes <= 0:
-            return features.last_hidden_state
-        return self.forward_head(features.pooler_output)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

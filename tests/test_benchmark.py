@@ -178,3 +178,11 @@ def test_a_failing_entry_is_recorded_and_the_run_goes_on(tmp_path):
     broken_record, seed = run.main(argv, entries=entries)["entries"]
     assert "MemoryError: out of device memory" in broken_record["failed"] and "batch8" in seed
     assert "broken model vs nothing: failed (MemoryError" in (tmp_path / "latest.md").read_text()
+
+
+def test_the_busy_machine_note_discounts_the_benchmarks_own_threads():
+    def note(start, end):
+        return run._load_warning({"cores": 2, "load_average_start": [start, 0, 0], "load_average_end": [end, 0, 0]})
+
+    assert note(0.2, 1.9) == []  # the benchmark's own two threads
+    assert note(2.6, 1.9) and note(0.2, 3.5)  # other work before it started, or beside it

@@ -22,7 +22,9 @@ PARITY_CONFIGS = {
     "single-head-no-proj": dict(
         image_size=16, patch_size=4, num_classes=4, dim=32, depth=2, heads=1, mlp_dim=64, dim_head=32
     ),
-    "dim-head-not-64": dict(image_size=32, patch_size=16, num_classes=6, dim=40, depth=3, heads=5, mlp_dim=80, dim_head=8),
+    "dim-head-not-64": dict(
+        image_size=32, patch_size=16, num_classes=6, dim=40, depth=3, heads=5, mlp_dim=80, dim_head=8
+    ),
 }
 
 
@@ -89,7 +91,11 @@ def test_seed_readme_snippet():
         image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048,
         dropout=0.1, emb_dropout=0.1,
     )  # fmt: skip
-    init_rngs = {"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2), "emb_dropout": jax.random.PRNGKey(3)}
+    init_rngs = {
+        "params": jax.random.PRNGKey(1),
+        "dropout": jax.random.PRNGKey(2),
+        "emb_dropout": jax.random.PRNGKey(3),
+    }
     params = jax.eval_shape(v.init, init_rngs, img)
     output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
     assert output.shape == (1, 1000)

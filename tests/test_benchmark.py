@@ -186,3 +186,23 @@ def test_the_busy_machine_note_discounts_the_benchmarks_own_threads():
 
     assert note(0.2, 1.9) == []  # the benchmark's own two threads
     assert note(2.6, 1.9) and note(0.2, 3.5)  # other work before it started, or beside it
+
+
+def test_the_gpu_attention_branch_computes_the_same_attention(monkeypatch):
+    """The bfloat16 GPU branch of ``attend`` (layout, fused_attention), run here on XLA's attention."""
+    from hf_vit_flax.layers import Attention
+
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 9, 32)), jnp.bfloat16)
+    module = Attention(dim=32, heads=4, dim_head=8, qkv_bias=True, dtype=jnp.bfloat16)
+    params = module.init(jax.random.key(0), x)
+
+    def loss(params):
+        return jnp.sum(module.apply(params, x)[0].astype(jnp.float32) ** 2)
+
+    want, want_grad = jax.value_and_grad(loss)(params)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # cuDNN is absent: fused_attention uses XLA's
+    got, got_grad = jax.value_and_grad(loss)(params)
+    np.testing.assert_allclose(got, want, rtol=2e-2)
+    for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
+        g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
+        assert np.linalg.norm(g - w) <= 2e-2 * np.linalg.norm(w)  # bfloat16 rounding, not a different gradient

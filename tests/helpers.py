@@ -6,6 +6,27 @@ import numpy as np
 
 PARITY_ATOL = 1e-5
 
+# NCHW pixel_values that a wrapper configured for 32x32 RGB images must refuse, and what its error says.
+BAD_PIXEL_VALUES = [
+    ((2, 32, 32, 3), "NHWC"),
+    ((2, 1, 32, 32), "3-channel"),
+    ((2, 3, 64, 64), "configured for 32x32"),
+    ((3, 32, 32), "expects pixel_values of shape"),
+]
+
+
+def assert_seed_module_rejects_bad_images(module, size: int = 32):
+    """A seed module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
+    import jax
+    import jax.numpy as jnp
+    import pytest
+
+    bad = (((1, size + 8, size + 8, 3), f"built for {size}x{size}"), ((1, 3, size, size), "NCHW"),
+           ((1, size, size, 1), "3-channel"))  # fmt: skip
+    for shape, match in bad:
+        with pytest.raises(ValueError, match=match):
+            jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
+
 
 def randomize_(module, seed: int = 0):
     """Give every parameter of a torch module values that make a wrong mapping visible.

@@ -13,7 +13,14 @@ from hf_vit_flax import CaiT, CaiTConfig, FlaxCaiTForImageClassification, FlaxCa
 from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import (
+    BAD_PIXEL_VALUES,
+    assert_parity,
+    assert_seed_module_rejects_bad_images,
+    images,
+    randomize_,
+    torch_logits,
+)
 
 SEED_README = dict(
     image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=12, cls_depth=2, heads=16, mlp_dim=2048
@@ -360,15 +367,7 @@ def test_remat_and_dtype(small):
     np.testing.assert_allclose(np.asarray(logits, np.float32), small(x).logits, atol=0.15)
 
 
-@pytest.mark.parametrize(
-    "shape, match",
-    [
-        ((2, 32, 32, 3), "NHWC"),
-        ((2, 1, 32, 32), "3-channel"),
-        ((2, 3, 64, 64), "configured for 32x32"),
-        ((3, 32, 32), "expects pixel_values of shape"),
-    ],
-)
+@pytest.mark.parametrize("shape, match", BAD_PIXEL_VALUES)
 def test_bad_pixel_values(small, shape, match):
     with pytest.raises(ValueError, match=match):
         small(np.zeros(shape, np.float32))
@@ -376,12 +375,7 @@ def test_bad_pixel_values(small, shape, match):
 
 def test_seed_module_bad_images():
     module = CaiT(**PARITY_CONFIGS["small"])
-    with pytest.raises(ValueError, match="built for 32x32"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
-    with pytest.raises(ValueError, match="NCHW"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
-    with pytest.raises(ValueError, match="3-channel images but got 1"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    assert_seed_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch size"):
         bad = CaiT(**dict(PARITY_CONFIGS["small"], image_size=30))
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))

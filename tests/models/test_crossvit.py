@@ -15,7 +15,15 @@ from hf_vit_flax import CrossViT, CrossViTConfig, FlaxCrossViTForImageClassifica
 from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, convert_timm
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
-from tests.helpers import assert_parity, images, max_abs_diff, randomize_, torch_logits
+from tests.helpers import (
+    BAD_PIXEL_VALUES,
+    assert_parity,
+    assert_seed_module_rejects_bad_images,
+    images,
+    max_abs_diff,
+    randomize_,
+    torch_logits,
+)
 
 SMALL = dict(sm_enc_mlp_dim=64, lg_enc_mlp_dim=96, sm_enc_dim_head=16, lg_enc_dim_head=16, cross_attn_dim_head=16)
 
@@ -276,15 +284,7 @@ def test_config_aliases_and_round_trip():
     assert reloaded.model_type == "crossvit_flax"
 
 
-@pytest.mark.parametrize(
-    "shape, match",
-    [
-        ((2, 32, 32, 3), "NHWC"),
-        ((2, 1, 32, 32), "3-channel"),
-        ((2, 3, 48, 48), "configured for 32x32"),
-        ((3, 32, 32), "expects pixel_values of shape"),
-    ],
-)
+@pytest.mark.parametrize("shape, match", BAD_PIXEL_VALUES)
 def test_bad_pixel_values(small, shape, match):
     with pytest.raises(ValueError, match=match):
         small(np.zeros(shape, np.float32))
@@ -292,12 +292,7 @@ def test_bad_pixel_values(small, shape, match):
 
 def test_seed_module_bad_images():
     module = CrossViT(**PARITY_CONFIGS["different-widths"])
-    with pytest.raises(ValueError, match="built for 32x32"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
-    with pytest.raises(ValueError, match="NCHW"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
-    with pytest.raises(ValueError, match="3-channel"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
+    assert_seed_module_rejects_bad_images(module)
 
 
 # -- Part B: timm -------------------------------------------------------------------------------------------

@@ -8,7 +8,14 @@ import vit_pytorch
 
 import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import (
+    BAD_PIXEL_VALUES,
+    assert_parity,
+    assert_seed_module_rejects_bad_images,
+    images,
+    randomize_,
+    torch_logits,
+)
 
 PARITY_CONFIGS = {
     "square-cls": dict(image_size=32, patch_size=8, num_classes=10, dim=64, depth=2, heads=4, mlp_dim=128, dim_head=16),
@@ -211,15 +218,7 @@ def test_config_aliases():
     assert reloaded.dim == 48 and reloaded.num_classes == 7 and reloaded.model_type == "vit_flax"
 
 
-@pytest.mark.parametrize(
-    "shape, match",
-    [
-        ((2, 32, 32, 3), "NHWC"),
-        ((2, 1, 32, 32), "3-channel"),
-        ((2, 3, 64, 64), "configured for 32x32"),
-        ((3, 32, 32), "expects pixel_values of shape"),
-    ],
-)
+@pytest.mark.parametrize("shape, match", BAD_PIXEL_VALUES)
 def test_bad_pixel_values(small, shape, match):
     with pytest.raises(ValueError, match=match):
         small(np.zeros(shape, np.float32))
@@ -227,10 +226,7 @@ def test_bad_pixel_values(small, shape, match):
 
 def test_seed_module_bad_images():
     module = ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
-    with pytest.raises(ValueError, match="built for 32x32"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 40, 40, 3)))
-    with pytest.raises(ValueError, match="NCHW"):
-        jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32)))
+    assert_seed_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch width"):
         bad = ViT(image_size=(32, 36), patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 32, 36, 3)))

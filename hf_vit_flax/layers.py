@@ -167,7 +167,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> j
 
     ``jax.nn.dot_product_attention`` picks XLA's implementation unless told otherwise, which writes the
     attention matrix to memory; cuDNN's flash attention does not (ViT-B/16 inference in bfloat16 on an
-    H200: 0.71x -> 0.95x timm's throughput). Its backward pass, however, refuses sequence lengths such
+    H200: 0.71x -> 0.93-0.95x timm's throughput). Its backward pass, however, refuses sequence lengths such
     as ViT's 197 tokens, and the refusal can surface outside the caller (under ``jax.checkpoint``), so
     the gradient always comes from XLA's attention, recomputed from ``q, k, v``. Where cuDNN is missing
     or does not cover the shape, the forward is XLA's too.
@@ -266,10 +266,11 @@ class Attention(nn.Module):
         # One transpose to (3, batch, heads, tokens, head_dim): q, k and v are then contiguous slices,
         # and the backward pass stacks their gradients instead of padding each into the qkv layout.
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head).transpose(2, 0, 3, 1, 4)
+        q, k, v = (part[0] for part in jnp.split(qkv, 3))
         out, weights = attend(
-            qkv[0],
-            qkv[1],
-            qkv[2],
+            q,
+            k,
+            v,
             scale=self.dim_head**-0.5,
             dropout=self.attn_drop,
             deterministic=deterministic,

@@ -69,9 +69,9 @@ class _ShellModule(nn.Module):
             output_attentions=output_attentions,
         )
 
-
-class FlaxBackboneModule(_ShellModule):
-    """Features only: ``last_hidden_state`` (the normed tokens) and ``pooler_output``."""
+    def outputs(self, features: Features, return_dict: bool):
+        """The model output (a transformers output class, or a tuple) built from the seed module's features."""
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -82,6 +82,13 @@ class FlaxBackboneModule(_ShellModule):
         return_dict: bool = True,
     ):
         features = self.features(pixel_values, deterministic, output_attentions, output_hidden_states)
+        return self.outputs(features, return_dict)
+
+
+class FlaxBackboneModule(_ShellModule):
+    """Features only: ``last_hidden_state`` (the normed tokens) and ``pooler_output``."""
+
+    def outputs(self, features: Features, return_dict: bool):
         if not return_dict:
             return tuple(v for v in features if v is not None)
         return FlaxBaseModelOutputWithPooling(
@@ -97,15 +104,7 @@ class FlaxClassifierModule(_ShellModule):
 
     with_head: ClassVar[bool] = True
 
-    def __call__(
-        self,
-        pixel_values,
-        deterministic: bool = True,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
-    ):
-        features = self.features(pixel_values, deterministic, output_attentions, output_hidden_states)
+    def outputs(self, features: Features, return_dict: bool):
         logits = getattr(self, self.base_model_prefix).forward_head(features.pooler_output)
         if not return_dict:
             return tuple(v for v in (logits, features.hidden_states, features.attentions) if v is not None)

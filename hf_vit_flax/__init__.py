@@ -1,14 +1,18 @@
 """hf_vit_flax: vision transformers in JAX/Flax, identical to their PyTorch originals, on the Hugging Face Hub.
 
-Importing the package registers every family with transformers' ``AutoConfig``, ``FlaxAutoModel``,
-``FlaxAutoModelForImageClassification`` and ``AutoImageProcessor``.
+Load any checkpoint of the package with ``hf_vit_flax.FlaxAutoModelForImageClassification`` (or
+``FlaxAutoModel``), on transformers 4.x and 5.x alike. Importing the package registers every family
+with transformers' ``AutoConfig`` and ``AutoImageProcessor``, and on transformers 4.x with its
+``FlaxAutoModel`` and ``FlaxAutoModelForImageClassification`` too.
 """
 
 from __future__ import annotations
 
+from .auto import FlaxAutoModel, FlaxAutoModelForImageClassification
 from .configuration_utils import VisionTransformerConfig
 from .convert import from_vit_pytorch
 from .families import FAMILIES
+from .modeling_flax_utils import FlaxPreTrainedModel
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait.configuration_cait import CaiTConfig
 from .models.cait.modeling_flax_cait import CaiT, FlaxCaiTForImageClassification, FlaxCaiTModel
@@ -30,24 +34,32 @@ __version__ = "0.1.0"
 
 
 def _register_auto_classes() -> None:
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        FlaxAutoModel,
-        FlaxAutoModelForImageClassification,
-        ViTImageProcessor,
-    )
+    """Register the families with transformers' Auto classes: AutoConfig and AutoImageProcessor on every
+    line, and on transformers 4.x its Flax model Auto classes too."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor
 
+    from .image_processing import image_processor_class
+
+    processor = image_processor_class("ViTImageProcessor")
     for family in FAMILIES.values():
         AutoConfig.register(family.config_class.model_type, family.config_class, exist_ok=True)
-        FlaxAutoModel.register(family.config_class, family.model_class, exist_ok=True)
-        FlaxAutoModelForImageClassification.register(family.config_class, family.classifier_class, exist_ok=True)
-        AutoImageProcessor.register(family.config_class, slow_image_processor_class=ViTImageProcessor, exist_ok=True)
+        AutoImageProcessor.register(family.config_class, slow_image_processor_class=processor, exist_ok=True)
+        for auto_name, model_class in (
+            ("FlaxAutoModel", family.model_class),
+            ("FlaxAutoModelForImageClassification", family.classifier_class),
+        ):
+            transformers_auto = getattr(transformers, auto_name, None)  # transformers 4.x only
+            if transformers_auto is not None:
+                transformers_auto.register(family.config_class, model_class, exist_ok=True)
 
 
 _register_auto_classes()
 
 __all__ = [
+    "FlaxAutoModel",
+    "FlaxAutoModelForImageClassification",
+    "FlaxPreTrainedModel",
     "CrossViT",
     "CrossViTConfig",
     "FlaxCrossViTForImageClassification",

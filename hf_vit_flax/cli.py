@@ -50,9 +50,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from transformers import FlaxAutoModelForImageClassification
-
     import hf_vit_flax  # noqa: F401  (registers the Auto classes)
+    from hf_vit_flax import FlaxAutoModelForImageClassification
     from hf_vit_flax.predict import format_predictions, load_image
 
     images = [load_image(path) for path in args.images]
@@ -81,9 +80,9 @@ def _demo(args: argparse.Namespace) -> int:
     converted model verified against timm. Without timm, a small ViT is built from a config instead.
     """
     import numpy as np
-    from transformers import FlaxAutoModelForImageClassification
 
     import hf_vit_flax
+    from hf_vit_flax import FlaxAutoModelForImageClassification
     from hf_vit_flax.predict import format_predictions, load_image
 
     os.makedirs(args.output_dir, exist_ok=True)

@@ -15,9 +15,6 @@ Everything here is written once against that vocabulary:
 
 from __future__ import annotations
 
-import contextvars
-import os
-import tempfile
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -26,20 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
-from safetensors import SafetensorError
-from transformers import FlaxPreTrainedModel, ViTImageProcessor
 from transformers.image_processing_utils import BaseImageProcessor
-from transformers.modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 
 from .configuration_utils import VisionTransformerConfig
+from .image_processing import image_processor_class
 from .layers import Features  # noqa: F401  (re-exported for families)
-
-SAFE_WEIGHTS_NAME = "model.safetensors"
-FLAX_WEIGHTS_NAME = "flax_model.msgpack"
-
-# Keys of the checkpoint most recently read by ``load_flax_weights``, for the strict check in
-# ``from_pretrained`` (transformers only warns about missing or unexpected keys).
-_LOADED_KEYS: contextvars.ContextVar[set | None] = contextvars.ContextVar("_LOADED_KEYS", default=None)
+from .modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
+from .modeling_flax_utils import FlaxPreTrainedModel
 
 
 class _ShellModule(nn.Module):
@@ -281,7 +271,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         evaluation transform (e.g. timm's resize + center crop).
         """
         if self._image_processor is None:
-            self._image_processor = ViTImageProcessor(**self.config.image_processor_kwargs())
+            self._image_processor = image_processor_class()(**self.config.image_processor_kwargs())
         return self._image_processor
 
     @image_processor.setter
@@ -294,158 +284,46 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
 
         return predict(self, images, top_k=top_k)
 
-    # -- saving and loading ---------------------------------------------------------------------------
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        params=None,
-        push_to_hub: bool = False,
-        safe_serialization: bool = True,
-        **kwargs,
-    ):
-        """Save config, weights (``model.safetensors`` by default), image processor and model card.
+    # -- what a checkpoint holds besides config and weights ------------------------------------------------
+    def _save_extras(self, folder: str, repo_id: str | None) -> None:
+        from .hub import write_model_card
 
-        Files are written to a temporary folder and moved into place, so an interrupted save leaves
-        the previous files intact, and no other file in ``save_directory`` is touched (transformers
-        4.x deletes every file whose name starts with "model"). A weights file of the other format
-        is removed, since ``from_pretrained`` would prefer it to the new one.
-        """
-        save_directory = os.fspath(save_directory)
-        if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory {save_directory} is a file; give a folder")
-        os.makedirs(save_directory, exist_ok=True)
-        repo_id = kwargs.pop("repo_id", None)
-        commit_message = kwargs.pop("commit_message", None)
-        hub_kwargs = {k: kwargs.pop(k) for k in ("private", "token", "revision", "create_pr") if k in kwargs}
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-save-") as tmp:
-            super().save_pretrained(tmp, params=params, safe_serialization=safe_serialization, **kwargs)
-            self.image_processor.save_pretrained(tmp)
-            from .hub import write_model_card
+        self.image_processor.save_pretrained(folder)
+        write_model_card(self, folder, repo_id=repo_id)
 
-            write_model_card(self, tmp, repo_id=repo_id)
-            written = sorted(os.listdir(tmp))
-            stale = FLAX_WEIGHTS_NAME if safe_serialization else SAFE_WEIGHTS_NAME
-            stale_path = os.path.join(save_directory, stale)
-            if os.path.isfile(stale_path) and stale not in written:
-                os.remove(stale_path)
-            # Weights first, config last: a reader never sees a new config with old weights.
-            for name in sorted(written, key=lambda n: n == "config.json"):
-                os.replace(os.path.join(tmp, name), os.path.join(save_directory, name))
-        if push_to_hub:
-            from .hub import upload_folder
+    def _after_load(self, location) -> None:
+        self._image_processor = load_image_processor(location)
 
-            upload_folder(
-                save_directory,
-                repo_id or os.path.basename(os.path.abspath(save_directory)),
-                files=written,
-                commit_message=commit_message,
-                **hub_kwargs,
-            )
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | bool | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        safe_serialization: bool = True,
-        **kwargs,
-    ):
-        """Upload weights (safetensors), config, image processor and a model card to ``repo_id``."""
-        from .hub import upload_folder
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, safe_serialization=safe_serialization, repo_id=repo_id)
-            return upload_folder(
-                tmp,
-                repo_id,
-                files=sorted(os.listdir(tmp)),
-                commit_message=commit_message,
-                private=private,
-                token=token,
-                revision=revision,
-                create_pr=create_pr,
-            )
-
-    @classmethod
-    def load_flax_weights(cls, resolved_archive_file):
-        try:
-            state = super().load_flax_weights(resolved_archive_file)
-        except SafetensorError as err:
-            raise OSError(_corrupt_message(resolved_archive_file, err)) from err
-        _LOADED_KEYS.set(set(flatten_dict(unfreeze(state)).keys()))
-        return state
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """transformers' ``from_pretrained``, strict: a checkpoint whose keys do not match the model is an error.
-
-        Only the classification head may be absent (a backbone checkpoint loaded for fine-tuning: the
-        head is freshly initialised) or extra (a classifier checkpoint loaded into the base model).
-        """
-        token = _LOADED_KEYS.set(None)
-        try:
-            try:
-                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
-            except SafetensorError as err:
-                raise OSError(_corrupt_message(pretrained_model_name_or_path, err)) from err
-            loaded = _LOADED_KEYS.get()
-        finally:
-            _LOADED_KEYS.reset(token)
-        if loaded is not None:
-            model._check_checkpoint_keys(loaded, str(pretrained_model_name_or_path))
-        model._load_image_processor(pretrained_model_name_or_path, kwargs)
-        return model
-
-    def _check_checkpoint_keys(self, loaded: set, source: str) -> None:
+    def _checkpoint_to_model_keys(self, state: dict) -> dict:
+        # A checkpoint of the base model and one of the classifier both hold the backbone under
+        # ``base_model_prefix``; transformers' own Flax checkpoints of a base model may omit it.
         prefix = self.base_model_prefix
-        expected = set(flatten_dict(unfreeze(self.params_shape_tree if not self._is_initialized else self.params)))
-        expected_is_prefixed = any(k[0] == prefix for k in expected)
-        normalized = set()
-        for key in loaded:
-            if key[0] == prefix and not expected_is_prefixed:
-                key = key[1:]
-            elif key[0] != prefix and expected_is_prefixed:
-                key = (prefix,) + key
-            normalized.add(key)
+        return {(key if key[0] == prefix else (prefix, *key)): value for key, value in state.items()}
 
-        def is_head(key):
-            return len(key) > 1 and key[0] == prefix and key[1] in self.head_param_names
-
-        missing = sorted("/".join(k) for k in expected - normalized if not is_head(k))
-        unexpected = sorted("/".join(k) for k in normalized - expected if not is_head(k))
-        if missing or unexpected:
-            raise ValueError(
-                f"the checkpoint at {source} does not match {type(self).__name__} built from its config: "
-                f"missing keys {_abbrev(missing)}, unexpected keys {_abbrev(unexpected)}. It was saved by "
-                f"another family or version; load it with the class that saved it."
-            )
-
-    def _load_image_processor(self, name_or_path, kwargs) -> None:
-        hub_kwargs = {
-            k: kwargs[k]
-            for k in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
-            if k in kwargs
-        }
-        from transformers import AutoImageProcessor
-
-        try:  # the class the processor was saved with (ViT, or Bit / DeiT for timm's crop transform)
-            self._image_processor = AutoImageProcessor.from_pretrained(name_or_path, use_fast=False, **hub_kwargs)
-        except (OSError, ValueError):
-            self._image_processor = None  # none saved: the config's default is used
+    def _optional_key(self, key: tuple) -> bool:
+        # Only the classification head may be absent (a backbone checkpoint loaded for fine-tuning) or
+        # extra (a classifier checkpoint loaded into the base model).
+        return len(key) > 1 and key[0] == self.base_model_prefix and key[1] in self.head_param_names
 
 
-def _corrupt_message(path, err) -> str:
-    return (
-        f"could not read the weights of {path}: the safetensors file is corrupt or truncated ({err}). "
-        f"Download it again (force_download=True) or save the model again."
-    )
+def load_image_processor(location) -> BaseImageProcessor | None:
+    """The image processor saved with a checkpoint, or None when it has none (the config's default is used).
 
+    A ``preprocessor_config.json`` that exists but cannot be fetched is an error, never a silent
+    fallback to other preprocessing.
+    """
+    import json
 
-def _abbrev(keys: list[str], limit: int = 12) -> str:
-    if not keys:
-        return "none"
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}]"
+    from .checkpoint import PROCESSOR_NAME
+
+    path = location.get(PROCESSOR_NAME)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        raise OSError(f"{path} is not a valid image processor config ({err})") from err
+    return image_processor_class(str(data.get("image_processor_type", "ViTImageProcessor"))).from_dict(data)

@@ -235,7 +235,7 @@ def image_processor_from_pretrained_cfg(pretrained_cfg: Mapping[str, Any], image
     non-square inputs, ``DeiTImageProcessor`` (both edges, then center crop); ``image_size``
     overrides the input size.
     """
-    from transformers import BitImageProcessor, DeiTImageProcessor
+    from .image_processing import image_processor_class
 
     height, width = (
         _hw(image_size) if image_size is not None else tuple(pretrained_cfg.get("input_size", (3, 224, 224))[1:])
@@ -255,8 +255,10 @@ def image_processor_from_pretrained_cfg(pretrained_cfg: Mapping[str, Any], image
     )
     scale = (math.floor(height / crop_pct), math.floor(width / crop_pct))
     if pretrained_cfg.get("crop_mode", "center") == "center" and scale[0] == scale[1]:
-        return BitImageProcessor(size={"shortest_edge": scale[0]}, do_convert_rgb=True, **common)
-    return DeiTImageProcessor(size={"height": scale[0], "width": scale[1]}, **common)
+        return image_processor_class("BitImageProcessor")(
+            size={"shortest_edge": scale[0]}, do_convert_rgb=True, **common
+        )
+    return image_processor_class("DeiTImageProcessor")(size={"height": scale[0], "width": scale[1]}, **common)
 
 
 def _hw(size) -> tuple[int, int]:

@@ -59,12 +59,13 @@ def test_from_pretrained_repo_id_from_hand_built_offline_cache(saved, tmp_path):
     out = run_python(
         f"""
         import json, numpy as np, hf_vit_flax
-        from transformers import FlaxAutoModelForImageClassification, AutoImageProcessor
+        from transformers import AutoImageProcessor
+        from hf_vit_flax import FlaxAutoModelForImageClassification
         model = FlaxAutoModelForImageClassification.from_pretrained("acme/tiny-vit")
         logits = np.asarray(model(np.load({str(saved / "x.npy")!r})).logits)
         processor = AutoImageProcessor.from_pretrained("acme/tiny-vit")
         print(json.dumps({{"cls": type(model).__name__, "diff": float(np.abs(logits - np.load({str(saved / "logits.npy")!r})).max()),
-                          "processor": type(processor).__name__, "size": processor.size}}))
+                          "processor": type(processor).__name__, "size": dict(processor.size)}}))
         """,
         {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "home")},
         tmp_path,
@@ -79,7 +80,7 @@ def test_push_to_hub_then_from_pretrained_against_loopback_server(saved, tmp_pat
         out = run_python(
             f"""
             import json, numpy as np, hf_vit_flax
-            from transformers import FlaxAutoModelForImageClassification
+            from hf_vit_flax import FlaxAutoModelForImageClassification
             model = FlaxAutoModelForImageClassification.from_pretrained({str(saved)!r})
             model.push_to_hub("acme/pushed-vit")
             model.save_pretrained({str(tmp_path / "local")!r}, push_to_hub=True, repo_id="acme/saved-and-pushed")

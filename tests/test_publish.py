@@ -12,8 +12,8 @@ import sys
 import numpy as np
 import pytest
 import timm
-from transformers import FlaxAutoModelForImageClassification
 
+from hf_vit_flax import FlaxAutoModelForImageClassification
 from hf_vit_flax.cli import main
 from hf_vit_flax.hub import PROVENANCE_KEY, card_metadata
 from tests.helpers import randomize_

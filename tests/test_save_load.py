@@ -6,9 +6,16 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from transformers import AutoConfig, AutoImageProcessor, FlaxAutoModel, FlaxAutoModelForImageClassification
+from transformers import AutoConfig, AutoImageProcessor
 
-from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
+from hf_vit_flax import (
+    FlaxAutoModel,
+    FlaxAutoModelForImageClassification,
+    FlaxViTForImageClassification,
+    FlaxViTModel,
+    ViT,
+    ViTConfig,
+)
 from tests.helpers import images
 
 CONFIG = dict(image_size=32, patch_size=8, num_classes=4, dim=32, depth=2, heads=2, mlp_dim=64, dim_head=16)

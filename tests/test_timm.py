@@ -202,7 +202,7 @@ def test_saved_image_processor_reloads_with_auto_class(tmp_path):
     model.save_pretrained(tmp_path / "m")
     reloaded = AutoImageProcessor.from_pretrained(tmp_path / "m")
     assert type(reloaded).__name__ == "BitImageProcessor" and reloaded.crop_size == model.image_processor.crop_size
-    from transformers import FlaxAutoModelForImageClassification
+    from hf_vit_flax import FlaxAutoModelForImageClassification
 
     again = FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "m")
     assert again.image_processor.to_dict() == model.image_processor.to_dict()

@@ -319,7 +319,9 @@ def test_train_needs_rng_and_is_stochastic(small):
 
 
 def test_save_and_auto_load_is_exact(small, tmp_path):
-    from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForImageClassification
+    from transformers import AutoConfig
+
+    from hf_vit_flax import FlaxAutoModel, FlaxAutoModelForImageClassification
 
     small.save_pretrained(tmp_path)
     loaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
@@ -497,7 +499,7 @@ def test_timm_converter_is_strict():
 
 
 def test_timm_style_saves_and_loads(tmp_path):
-    from transformers import FlaxAutoModelForImageClassification
+    from hf_vit_flax import FlaxAutoModelForImageClassification
 
     model = port_timm(timm_model(TIMM_CONFIGS["tiny"], seed=2))
     model.save_pretrained(tmp_path)

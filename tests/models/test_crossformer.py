@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import torch
 from flax.traverse_util import flatten_dict
-from transformers import FlaxAutoModelForImageClassification
 from vit_pytorch.crossformer import CrossFormer as TorchCrossFormer
 
 import hf_vit_flax
-from hf_vit_flax import CrossFormer, CrossFormerConfig, FlaxCrossFormerForImageClassification, FlaxCrossFormerModel
+from hf_vit_flax import (
+    CrossFormer,
+    CrossFormerConfig,
+    FlaxAutoModelForImageClassification,
+    FlaxCrossFormerForImageClassification,
+    FlaxCrossFormerModel,
+)
 from hf_vit_flax.conversion_utils import check_tree
 from hf_vit_flax.models.crossformer.convert_crossformer import convert_original
 from hf_vit_flax.variants import variant_names

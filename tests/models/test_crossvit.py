@@ -7,11 +7,18 @@ import pytest
 import timm
 import torch
 from timm.models.crossvit import CrossVit
-from transformers import AutoConfig, FlaxAutoModel, FlaxAutoModelForImageClassification
+from transformers import AutoConfig
 from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 import hf_vit_flax
-from hf_vit_flax import CrossViT, CrossViTConfig, FlaxCrossViTForImageClassification, FlaxCrossViTModel
+from hf_vit_flax import (
+    CrossViT,
+    CrossViTConfig,
+    FlaxAutoModel,
+    FlaxAutoModelForImageClassification,
+    FlaxCrossViTForImageClassification,
+    FlaxCrossViTModel,
+)
 from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, convert_timm
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates

@@ -199,7 +199,7 @@ def test_from_pretrained_round_trip_keeps_every_option(tmp_path):
     model.save_pretrained(tmp_path / "wee")
     saved = json.loads((tmp_path / "wee" / "config.json").read_text())
     assert saved["reg_tokens"] == 1 and saved["no_embed_class"] and saved["fc_norm"]
-    from transformers import FlaxAutoModelForImageClassification
+    from hf_vit_flax import FlaxAutoModelForImageClassification
 
     reloaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "wee")
     x = input_images(module)

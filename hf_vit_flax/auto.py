@@ -24,6 +24,7 @@ class _BaseAutoModel:
     _family_attribute: ClassVar[str]
     # The transformers 4.x Auto class of the same name, for model types that are not this package's.
     _transformers_name: ClassVar[str]
+    _transformers_mapping: ClassVar[str]  # the name of its model_type -> class name table
     _registry: ClassVar[dict[str, type]]
 
     def __init__(self, *args, **kwargs):
@@ -53,7 +54,7 @@ class _BaseAutoModel:
         mapping = cls._mapping()
         if model_type in mapping:
             return mapping[model_type]
-        if _transformers_auto_class(cls._transformers_name) is not None and model_type:
+        if model_type in _transformers_flax_model_types(cls._transformers_mapping):
             return None  # transformers 4.x loads its own Flax models
         known = ", ".join(sorted(mapping))
         found = f"a '{model_type}' model" if model_type else "a config without a model_type"
@@ -108,12 +109,18 @@ def _read_model_type(path: str) -> Any:
 
 
 def _transformers_auto_class(name: str):
-    try:  # transformers 4.x only
-        import transformers
+    import transformers
 
-        return getattr(transformers, name, None)
+    return getattr(transformers, name, None)  # transformers 4.x only
+
+
+def _transformers_flax_model_types(mapping_name: str) -> set[str]:
+    """The model types transformers' Flax Auto class of that table loads (none on transformers 5)."""
+    try:
+        from transformers.models.auto import modeling_flax_auto
     except ImportError:
-        return None
+        return set()
+    return set(getattr(modeling_flax_auto, mapping_name, {}))
 
 
 class FlaxAutoModel(_BaseAutoModel):
@@ -121,6 +128,7 @@ class FlaxAutoModel(_BaseAutoModel):
 
     _family_attribute = "model_class"
     _transformers_name = "FlaxAutoModel"
+    _transformers_mapping = "FLAX_MODEL_MAPPING_NAMES"
     _registry: ClassVar[dict[str, type]] = {}
 
 
@@ -129,4 +137,5 @@ class FlaxAutoModelForImageClassification(_BaseAutoModel):
 
     _family_attribute = "classifier_class"
     _transformers_name = "FlaxAutoModelForImageClassification"
+    _transformers_mapping = "FLAX_MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"
     _registry: ClassVar[dict[str, type]] = {}

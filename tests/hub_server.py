@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlparse
 
@@ -28,8 +29,22 @@ def git_blob_sha1(content: bytes) -> str:
 
 class HubState:
     def __init__(self):
-        self.repos: dict[str, dict] = {}  # repo_id -> {"sha": str, "files": {path: bytes}, "commits": [...]}
+        # repo_id -> {"sha": str, "files": {path: bytes}, "commits": [{"summary", "files", "sha", "snapshot"}]}
+        self.repos: dict[str, dict] = {}
+        # File downloads to fail on purpose: path in repo -> HTTP status (e.g. 500), or "hang" to never answer.
+        self.failures: dict[str, int | str] = {}
+        self.downloads: list[str] = []  # "repo/rev/path" of every GET of a file, for tests to inspect
         self.lock = threading.Lock()
+
+    def snapshot(self, repo_id: str, revision: str) -> dict[str, bytes] | None:
+        """The files of ``repo_id`` at ``revision`` ("main" or a commit sha), or None for an unknown revision."""
+        repo = self.repos[repo_id]
+        if revision in ("main", repo["sha"]):
+            return repo["files"]
+        for commit in repo["commits"]:
+            if commit["sha"] == revision:
+                return commit["snapshot"]
+        return None
 
     def create(self, repo_id: str) -> bool:
         with self.lock:
@@ -45,7 +60,9 @@ class HubState:
             for path in deleted:
                 repo["files"].pop(path, None)
             repo["sha"] = hashlib.sha1((repo["sha"] + summary + str(sorted(files))).encode()).hexdigest()
-            repo["commits"].append({"summary": summary, "files": sorted(files), "sha": repo["sha"]})
+            repo["commits"].append(
+                {"summary": summary, "files": sorted(files), "sha": repo["sha"], "snapshot": dict(repo["files"])}
+            )
             return repo["sha"]
 
 
@@ -151,10 +168,22 @@ class Handler(BaseHTTPRequestHandler):
             repo = self.state.repos.get(m["repo"])
             if repo is None:
                 return self._not_found("RepoNotFound", "Repository not found", head)
-            content = repo["files"].get(m["file"])
+            files = self.state.snapshot(m["repo"], m["rev"])
+            if files is None:
+                return self._not_found("RevisionNotFound", f"Invalid rev id: {m['rev']}", head)
+            failure = self.state.failures.get(m["file"])
+            if failure == "hang":
+                time.sleep(3600)  # the client's timeout ends the request
+                return None
+            if failure is not None:
+                return self._send(int(failure), {"error": "Internal Error"}, head=head)
+            content = files.get(m["file"])
             if content is None:
                 return self._not_found("EntryNotFound", f"{m['file']} does not exist", head)
-            headers = {"X-Repo-Commit": repo["sha"], "ETag": f'"{git_blob_sha1(content)}"'}
+            sha = repo["sha"] if files is repo["files"] else m["rev"]
+            if not head:
+                self.state.downloads.append(f"{m['repo']}/{m['rev']}/{m['file']}")
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{git_blob_sha1(content)}"'}
             return self._send(200, headers=headers, head=head, raw=content)
         return self._send(404, {"error": f"no route for GET {path}"}, head=head)
 
@@ -171,6 +200,7 @@ def serve(state: HubState | None = None):
     state = state or HubState()
     handler = type("BoundHandler", (Handler,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a request held open on purpose ("hang") does not block shutdown
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

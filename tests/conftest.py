@@ -8,3 +8,36 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Parity is checked in full float32 precision (TF32 matmuls on GPUs would miss 1e-5).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The loopback Hub as huggingface_hub's endpoint, online, with an empty cache."""
+    from huggingface_hub import constants, file_download
+
+    from tests.hub_server import serve
+
+    with serve() as (endpoint, state):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template, raising=False)  # 0.x copy
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        _forget_hub_sessions()
+        yield state
+    _forget_hub_sessions()
+
+
+def _forget_hub_sessions():
+    # huggingface_hub 0.x caches requests sessions, 1.x/2.x an httpx client, per endpoint; drop them.
+    from huggingface_hub.utils import _http
+
+    for name in ("reset_sessions", "close_session"):
+        if hasattr(_http, name):
+            getattr(_http, name)()

@@ -28,7 +28,6 @@ from hf_vit_flax import (
     ViTConfig,
 )
 from tests.helpers import images
-from tests.hub_server import serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "cross_line")
@@ -195,34 +194,6 @@ def test_no_deprecation_warning_when_using_the_package(tmp_path, caplog):
 
 
 # -- the Hub: transformers' download options against the loopback server ----------------------------
-@pytest.fixture
-def hub(monkeypatch, tmp_path):
-    """The loopback Hub as huggingface_hub's endpoint, online, with an empty cache."""
-    from huggingface_hub import constants, file_download
-
-    with serve() as (endpoint, state):
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template, raising=False)  # 0.x copy
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True, raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-        _forget_hub_sessions()
-        yield state
-    _forget_hub_sessions()
-
-
-def _forget_hub_sessions():
-    # huggingface_hub 0.x caches requests sessions, 1.x/2.x an httpx client, per endpoint; drop them.
-    from huggingface_hub.utils import _http
-
-    for name in ("reset_sessions", "close_session"):
-        if hasattr(_http, name):
-            getattr(_http, name)()
-
-
 def test_push_and_load_revision_subfolder_cache_and_offline(hub, model, x, tmp_path):
     from huggingface_hub import HfApi
 

@@ -105,5 +105,8 @@ def test_push_to_hub_then_from_pretrained_against_loopback_server(saved, tmp_pat
     assert meta["library_name"] == "hf-vit-flax"
     assert meta["pipeline_tag"] == "image-classification"
     assert {"jax", "flax", "vision", "image-classification"} <= set(meta["tags"])
-    assert 'from_pretrained("acme/pushed-vit")' in card and "import hf_vit_flax" in card
+    assert (
+        'from_pretrained("acme/pushed-vit")' in card
+        and "from hf_vit_flax import FlaxAutoModelForImageClassification" in card
+    )
     assert json.loads(repo["files"]["config.json"])["model_type"] == "vit_flax"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .configuration_utils import VisionTransformerConfig
-from .conversion_utils import to_numpy
+from .conversion_utils import read_state_dict, to_numpy
 from .families import FAMILIES, Family
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .variants import read_variant, variant_config_path, variant_names
@@ -270,29 +270,7 @@ def _hw(size) -> tuple[int, int]:
 
 def _read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A timm state dict from ``.safetensors`` (no torch) or ``.pth`` / ``.bin`` / ``.pt`` (torch, weights only)."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except Exception as err:  # a bfloat16 file cannot be read into numpy
-            if "bf16" not in str(err).lower() and "bfloat16" not in str(err).lower():
-                raise
-            from safetensors.flax import load_file as load_flax
-
-            return {k: np.asarray(v, dtype=np.float32) for k, v in load_flax(path).items()}
-    if path.endswith((".pth", ".bin", ".pt")):
-        try:
-            import torch
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to safetensors") from err
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):  # training checkpoints wrap the weights
-            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-                state = state[key]
-        return to_numpy({k.removeprefix("module."): v for k, v in state.items()})
-    raise ValueError(f"cannot read weights from {path}: expected a .safetensors, .pth, .bin or .pt file")
+    return {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
 
 
 def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:

@@ -8,6 +8,7 @@ transformers 4.x's ``push_to_hub`` writes a generic card (``library_name: transf
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -26,6 +27,19 @@ PAPERS = {
     ),
     "crossformer_flax": ("CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention", "2108.00154"),
 }
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name``, which names nothing on disk, can only have meant a local file or folder.
+
+    Hub repo ids (``timm/<name>``) and timm names (``deit_small_patch16_224.fb_in1k``) are one or two
+    segments of letters, digits, ``_ - .``; a path is anything else, or ends with a weights suffix.
+    """
+    return (
+        name.startswith((".", "~", os.sep))
+        or name.lower().endswith((".safetensors", ".pth", ".pt", ".bin", ".json"))
+        or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
+    )
 
 
 def model_card(model, repo_id: str | None = None) -> str:

@@ -18,6 +18,7 @@ import functools
 import gzip
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from .configuration_utils import VisionTransformerConfig
 from .conversion_utils import read_state_dict, to_numpy
 from .families import FAMILIES, Family
+from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .variants import read_variant, variant_config_path, variant_names
 
@@ -259,6 +261,12 @@ def image_processor_from_pretrained_cfg(pretrained_cfg: Mapping[str, Any], image
     return DeiTImageProcessor(size={"height": scale[0], "width": scale[1]}, **common)
 
 
+def _check_image_size(size) -> None:
+    pair = size if isinstance(size, (list, tuple)) else (size, size)
+    if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in pair):
+        raise ValueError(f"image_size must be a positive integer or a (height, width) pair of them, got {size!r}")
+
+
 def _hw(size) -> tuple[int, int]:
     if isinstance(size, (list, tuple)):
         return int(size[0]), int(size[1])
@@ -394,6 +402,11 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     num_classes_override = overrides.pop("num_classes", None)
     hub_kwargs = {k: overrides.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in overrides}
 
+    if image_size is not None:
+        _check_image_size(image_size)
+    if isinstance(source, os.PathLike | str) and not os.path.exists(source) and looks_like_path(os.fspath(source)):
+        raise FileNotFoundError(f"{os.fspath(source)} does not exist (no such local file or folder)")
+
     pretrained_cfg: dict[str, Any] = {}
     hub_config: dict[str, Any] = {}
     if _is_torch_module(source):
@@ -416,15 +429,26 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
             )
         family, config = timm_family(architecture), load_variant_config(architecture)
     elif isinstance(source, str):
+        # Not a local path: a Hub repo id or a timm name, whose errors also say that no such path exists
+        # (what a mistyped relative path, such as "ckpt/vit", would be).
+        not_local = f" (and no local file or folder {source!r} exists)"
         if "/" in source:  # "timm/<name>" or a full Hub id of a timm-format repo: its config.json says what
             repo_id = source
-            hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
+            try:
+                hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{err}{not_local}") from err
+            except OSError as err:
+                raise OSError(f"{err}{not_local}") from err
             architecture = architecture or hub_config.get("architecture") or source.split("/", 1)[1].split(".")[0]
             family, config = timm_family(architecture), load_variant_config(architecture)
         else:
             # The requested architecture wins over the repo's: timm shares one repo between
             # architectures that differ only in what config.json does not record (e.g. QuickGELU).
-            architecture, repo_id = _hub_repo(source)
+            try:
+                architecture, repo_id = _hub_repo(source)
+            except NotImplementedError as err:
+                raise NotImplementedError(f"{err}{not_local}") from err
             family, config = timm_family(architecture), load_variant_config(architecture)
             hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
     else:
@@ -530,8 +554,14 @@ def _config_from_model_args(family: Family, architecture: str, model_args: dict,
             f"this {architecture} checkpoint was saved with timm model_args {structural}, which change the "
             f"architecture; reading them needs timm (pip install timm torch)"
         ) from err
-    with torch.device("meta"):
-        model = timm.create_model(architecture, pretrained=False, **model_args)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False, **model_args)
+    except Exception as err:  # an unknown argument (TypeError) or a value timm rejects
+        raise ValueError(
+            f"the checkpoint's timm config.json has model_args that timm {architecture} cannot be built with "
+            f"({type(err).__name__}: {err}); fix or remove them"
+        ) from err
     return family.config_from_timm(model)
 
 

@@ -46,8 +46,9 @@ def model_card(model, repo_id: str | None = None) -> str:
     """The README.md of a saved model: YAML metadata, what the model is, how to load and run it.
 
     ``model.card_data`` (filled by the converters) may add ``license``, ``source`` (the original
-    checkpoint), ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``,
-    ``tags``, ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
+    checkpoint: its Hub name, or a local file's name, never its folders, with ``source_sha256``),
+    ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``, ``tags``,
+    ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
     """
     config, extra = model.config, dict(getattr(model, "card_data", {}) or {})
     repo = repo_id or extra.get("repo_id") or "path/to/this/model"
@@ -77,7 +78,8 @@ def model_card(model, repo_id: str | None = None) -> str:
         + f", {num_params:,} parameters, {height}x{width} RGB input, {config.num_labels} classes.",
     ]
     if extra.get("source"):
-        body += ["", f"Weights converted from `{extra['source']}`."]
+        digest = f" (sha256 {extra['source_sha256']})" if extra.get("source_sha256") else ""
+        body += ["", f"Weights converted from `{extra['source']}`{digest}."]
     if extra.get("parity") is not None:
         body += ["", f"Verified against the original: max |logits difference| = {extra['parity']:.2e} (float32)."]
     body += [

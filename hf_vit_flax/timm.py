@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import math
 import numbers
@@ -409,6 +410,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
 
     pretrained_cfg: dict[str, Any] = {}
     hub_config: dict[str, Any] = {}
+    local_file = None
     if _is_torch_module(source):
         if architecture:
             family = timm_family(architecture)
@@ -421,6 +423,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         origin = f"timm {architecture or type(source).__name__}{tag} (a live timm module)"
     elif isinstance(source, (str, os.PathLike)) and os.path.exists(source):
         hub_config, state_dict, origin = _read_local(Path(source))
+        local_file = origin
         architecture = architecture or hub_config.get("architecture")
         if not architecture:
             raise ValueError(
@@ -503,7 +506,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     model = model_class.from_params(config, params)
     # timm's evaluation transform at the size the model takes (timm's defaults where nothing is recorded).
     model.image_processor = image_processor_from_pretrained_cfg(pretrained_cfg, config.image_size_hw)
-    model.card_data = _card_data(architecture, pretrained_cfg, origin)
+    model.card_data = _card_data(architecture, pretrained_cfg, origin, local_file)
     return model
 
 
@@ -579,7 +582,14 @@ def _default_pretrained_cfg(architecture: str) -> dict[str, Any]:
     return dict(next(iter(tags.values()))) if tags else {}
 
 
-def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], origin: str) -> dict[str, Any]:
+def _card_data(
+    architecture: str | None, pretrained_cfg: Mapping[str, Any], origin: str, local_file: str | None = None
+) -> dict[str, Any]:
+    """What the model card says of a conversion (see ``hub.model_card``).
+
+    A local weights file is named by its file name and sha256 only: the card is published, and the
+    folders above the file are the converting user's own.
+    """
     tag = pretrained_cfg.get("tag") or ""
     citation = next(
         (
@@ -590,11 +600,13 @@ def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], orig
         None,
     )
     data: dict[str, Any] = {
-        "source": origin,
+        "source": os.path.basename(local_file) if local_file else origin,
         "tags": ["timm"] + ([architecture] if architecture else []),
         "citation": "\n\n".join(c for c in (citation, _TIMM_BIBTEX) if c),
         "title": f"{architecture}.{tag}" if tag else architecture,
     }
+    if local_file:
+        data["source_sha256"] = _sha256(local_file)
     if pretrained_cfg.get("license"):
         data["license"] = pretrained_cfg["license"]
     datasets = [name for key, name in (("in1k", "imagenet-1k"), ("in21k", "imagenet-21k"), ("in22k", "imagenet-22k"),
@@ -602,3 +614,11 @@ def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], orig
     if datasets:
         data["datasets"] = datasets
     return data
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

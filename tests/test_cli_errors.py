@@ -5,8 +5,11 @@ library raises the same errors (``from_timm``, ``from_crossformer_checkpoint``),
 """
 
 import errno
+import hashlib
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -18,6 +21,7 @@ from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViTConfig
 from hf_vit_flax.cli import main
 from hf_vit_flax.conversion_utils import UnsafeCheckpointError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "vit_tiny_patch16_224"
 # timm model_args of a ~0.5M-parameter vit_tiny, recorded in its config.json as timm's own exports do.
 TINY = {"img_size": 32, "patch_size": 8, "depth": 1}
@@ -310,3 +314,29 @@ def test_unexpected_exception_is_a_bug_with_its_traceback(tmp_path, capsys, monk
     assert code == 1
     assert "Traceback" in err and "RuntimeError: an internal inconsistency" in err
     assert "please report it" in err.strip().splitlines()[-1]
+
+
+# -- the model card of a local source ------------------------------------------------------------------------
+
+
+def test_pushed_card_names_a_local_source_by_file_name_and_hash(tmp_path):
+    """``convert LOCAL --push-to-hub``: the published card holds no local folder names (loopback Hub)."""
+    from tests.hub_server import serve
+
+    folder = write_timm_checkpoint(tmp_path / "home" / "alice" / "secret-project" / "ckpt")
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    with serve() as (endpoint, state):
+        env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_TOKEN="hf_test", HF_HUB_DISABLE_XET="1",
+                   PYTHONPATH=ROOT)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_vit_flax.cli", "convert", str(folder), "--output-dir", str(tmp_path / "out"),
+             "--push-to-hub", "acme/tiny-vit"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        pushed = state.repos["acme/tiny-vit"]["files"]["README.md"].decode()
+    saved = (tmp_path / "out" / "README.md").read_text()
+    for card in (pushed, saved):
+        assert f"Weights converted from `model.safetensors` (sha256 {digest})." in card
+        assert str(tmp_path) not in card and "alice" not in card and "secret-project" not in card

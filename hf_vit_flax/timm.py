@@ -296,8 +296,11 @@ def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
     hub_config = {}
     if config_path.is_file():
         with open(config_path, encoding="utf-8") as f:
-            candidate = json.load(f)
-        if "architecture" in candidate:  # a timm config, not e.g. a transformers one
+            try:
+                candidate = json.load(f)
+            except ValueError as err:
+                raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+        if isinstance(candidate, dict) and "architecture" in candidate:  # a timm config, not e.g. a transformers one
             hub_config = candidate
     return hub_config, _read_weights(weights_path), str(weights_path)
 

@@ -180,6 +180,14 @@ def test_unknown_model_args_in_timm_config(tmp_path, capsys, timm_checkpoint):
     assert_user_error(*convert(capsys, folder, tmp_path), "model_args", "not_a_timm_argument")
 
 
+def test_timm_config_that_is_not_json(tmp_path, capsys, timm_checkpoint):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architecture": "vit_tiny_patch16_224",')  # cut short
+    (folder / "model.safetensors").write_bytes((timm_checkpoint / "model.safetensors").read_bytes())
+    assert_user_error(*convert(capsys, folder, tmp_path), f"{folder / 'config.json'} is not valid JSON")
+
+
 # -- arguments ------------------------------------------------------------------------------------------------
 
 

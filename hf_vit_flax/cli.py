@@ -8,13 +8,24 @@ SOURCE is ``timm:<name>[.<tag>]`` (a timm checkpoint on the Hub), a local timm-f
 weights file (with ``--architecture`` when no timm config.json is next to it), or
 ``crossformer:<path>`` with ``--variant t|s|b|l`` or ``--config CONFIG.json`` (the original
 CrossFormer release).
+
+A user error (a missing or unreadable file, a bad argument, a full disk) is one ``error:`` line on
+stderr and exit status 2; ``--debug`` adds the traceback. Anything else is a bug: traceback, exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import shutil
 import sys
+import traceback
+
+# What a user can cause: bad files and arguments (ValueError, OSError), an architecture or option
+# not supported (NotImplementedError), an optional dependency missing (ImportError).
+USER_ERRORS = (ValueError, OSError, NotImplementedError, ImportError)
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -28,6 +39,7 @@ def _convert(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         config=args.config,
     )
+    _refuse_overwriting_source(source, args.output_dir)
     model = source.convert()
     print(f"converted {args.source} -> {type(model).__name__} ({model.num_parameters_exact:,} parameters)")
     parity = None
@@ -35,7 +47,7 @@ def _convert(args: argparse.Namespace) -> int:
         parity = source.verify(model)
         model.card_data["parity"] = parity
         print(f"max |logits difference| against the original: {parity:.3e}")
-    model.save_pretrained(args.output_dir, repo_id=args.push_to_hub)
+    _save(model, args.output_dir, repo_id=args.push_to_hub)
     print(f"saved to {args.output_dir}")
     if args.push_to_hub:
         if parity is not None and parity > PUSH_TOLERANCE:
@@ -49,15 +61,78 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_overwriting_source(source, output_dir: str) -> None:
+    """The converted files (config.json, model.safetensors ...) must not land in the folder of the files read."""
+    out = os.path.realpath(output_dir)
+    for path in source.local_files():
+        real = os.path.realpath(path)
+        if real == out:
+            raise ValueError(
+                f"--output-dir {output_dir} is the source folder: saving would overwrite it; choose another folder"
+            )
+        if os.path.dirname(real) == out:
+            raise ValueError(
+                f"--output-dir {output_dir} holds the source {path}, which saving could overwrite; choose another folder"
+            )
+
+
+def _save(model, output_dir: str, repo_id: str | None) -> None:
+    """``save_pretrained``, leaving nothing half-written when it fails (e.g. on a full disk).
+
+    A folder the save created is removed, and so is anything it added to an existing folder.
+    """
+    existed = os.path.exists(output_dir)
+    before = set(os.listdir(output_dir)) if os.path.isdir(output_dir) else set()
+    try:
+        model.save_pretrained(output_dir, repo_id=repo_id)
+    except BaseException as err:
+        added = set(os.listdir(output_dir)) - before if existed and os.path.isdir(output_dir) else set()
+        for name in added:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        if not existed:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        # safetensors reports a write error as SafetensorError("... StorageFull ..."), not as an OSError.
+        if not isinstance(err, OSError) and "No space left on device" in str(err):
+            raise OSError(errno.ENOSPC, "No space left on device", output_dir) from err
+        raise
+
+
 def _predict(args: argparse.Namespace) -> int:
     import hf_vit_flax  # noqa: F401  (registers the Auto classes)
     from hf_vit_flax import FlaxAutoModelForImageClassification
     from hf_vit_flax.predict import format_predictions, load_image
 
     images = [load_image(path) for path in args.images]
+    _require_classifier(args.model)
     model = FlaxAutoModelForImageClassification.from_pretrained(args.model)
     print(format_predictions(args.images, model.predict(images, top_k=args.top_k)))
     return 0
+
+
+def _require_classifier(name_or_path: str) -> None:
+    """A checkpoint saved without a classification head would predict from a random one: refuse it."""
+    from transformers import AutoConfig
+
+    import hf_vit_flax  # noqa: F401  (registers the Auto classes)
+    from hf_vit_flax.hub import looks_like_path
+
+    if not os.path.exists(name_or_path) and looks_like_path(name_or_path):
+        raise FileNotFoundError(f"{name_or_path} does not exist (a folder written by save_pretrained)")
+    config = AutoConfig.from_pretrained(name_or_path)
+    architectures = getattr(config, "architectures", None) or []
+    if getattr(config, "num_labels", 0) <= 0 or (
+        architectures and not any(a.endswith("ForImageClassification") for a in architectures)
+    ):
+        saved_as = f" (saved from Flax{architectures[0]})" if architectures else ""
+        raise ValueError(
+            f"{name_or_path} has no classification head{saved_as}: predict needs a model saved from a "
+            f"Flax...ForImageClassification"
+        )
 
 
 def sample_image(path: str, size: int = 256) -> str:
@@ -124,14 +199,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-vit-flax", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    # Also accepted after the subcommand; SUPPRESS keeps a --debug given before it.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="print the traceback of an error"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="convert a timm or CrossFormer checkpoint to a Flax model folder")
+    convert = commands.add_parser(
+        "convert", parents=[debug], help="convert a timm or CrossFormer checkpoint to a Flax model folder"
+    )
     convert.add_argument("source", help="timm:<name>[.<tag>], a local timm folder/file, or crossformer:<path>")
     convert.add_argument("--output-dir", required=True)
-    convert.add_argument("--image-size", type=int, default=None, help="resample position embeddings to this size")
+    convert.add_argument(
+        "--image-size", type=_positive_int, default=None, help="resample position embeddings to this size"
+    )
     convert.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
     convert.add_argument("--verify", action="store_true", help="compare with the original (needs torch and timm)")
     convert.add_argument("--variant", choices=["t", "s", "b", "l"], default=None, help="CrossFormer release variant")
@@ -139,25 +234,47 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--architecture", default=None, help="timm architecture of a local checkpoint")
     convert.set_defaults(run=_convert)
 
-    predict = commands.add_parser("predict", help="classify images with a saved model or a Hub repo")
+    predict = commands.add_parser("predict", parents=[debug], help="classify images with a saved model or a Hub repo")
     predict.add_argument("model", help="a folder written by save_pretrained, or a Hub repo id")
     predict.add_argument("images", nargs="+", help="image files")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--top-k", type=_positive_int, default=5)
     predict.set_defaults(run=_predict)
 
-    demo = commands.add_parser("demo", help="offline end-to-end run: build, save, reload, classify")
+    demo = commands.add_parser("demo", parents=[debug], help="offline end-to-end run: build, save, reload, classify")
     demo.add_argument("--output-dir", default="hf-vit-flax-demo")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _describe(err: BaseException, args: argparse.Namespace) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        output_dir = getattr(args, "output_dir", None)
+        where = output_dir or err.filename
+        return f"the disk is full{f' at {where}' if where else ''}; free space" + (
+            " or choose another --output-dir" if output_dir else ""
+        )
+    if isinstance(err, OSError) and err.strerror and err.filename:  # "[Errno 13] Permission denied: 'x'"
+        return f"{err.filename}: {err.strerror}"
+    return str(err) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError, NotImplementedError, ImportError) as err:
-        print(f"hf-vit-flax {args.command}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"hf-vit-flax {args.command}: error: {_describe(err, args)}", file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(
+            f"hf-vit-flax {args.command}: internal error (a bug in hf-vit-flax): please report it with the command "
+            f"and the traceback above",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ transformers 4.x's ``push_to_hub`` writes a generic card (``library_name: transf
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -28,12 +29,26 @@ PAPERS = {
 }
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name``, which names nothing on disk, can only have meant a local file or folder.
+
+    Hub repo ids (``timm/<name>``) and timm names (``deit_small_patch16_224.fb_in1k``) are one or two
+    segments of letters, digits, ``_ - .``; a path is anything else, or ends with a weights suffix.
+    """
+    return (
+        name.startswith((".", "~", os.sep))
+        or name.lower().endswith((".safetensors", ".pth", ".pt", ".bin", ".json"))
+        or re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is None
+    )
+
+
 def model_card(model, repo_id: str | None = None) -> str:
     """The README.md of a saved model: YAML metadata, what the model is, how to load and run it.
 
     ``model.card_data`` (filled by the converters) may add ``license``, ``source`` (the original
-    checkpoint), ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``,
-    ``tags``, ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
+    checkpoint: its Hub name, or a local file's name, never its folders, with ``source_sha256``),
+    ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``, ``tags``,
+    ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
     """
     config, extra = model.config, dict(getattr(model, "card_data", {}) or {})
     repo = repo_id or extra.get("repo_id") or "path/to/this/model"
@@ -63,7 +78,8 @@ def model_card(model, repo_id: str | None = None) -> str:
         + f", {num_params:,} parameters, {height}x{width} RGB input, {config.num_labels} classes.",
     ]
     if extra.get("source"):
-        body += ["", f"Weights converted from `{extra['source']}`."]
+        digest = f" (sha256 {extra['source_sha256']})" if extra.get("source_sha256") else ""
+        body += ["", f"Weights converted from `{extra['source']}`{digest}."]
     if extra.get("parity") is not None:
         body += ["", f"Verified against the original: max |logits difference| = {extra['parity']:.2e} (float32)."]
     body += [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,20 @@ def _as_list(images) -> list:
 
 def load_image(path: str):
     """Open an image file as RGB (PIL), with an error that names the file when it cannot be read."""
+    import struct
+
     from PIL import Image, UnidentifiedImageError
 
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image {path} {'is a folder' if os.path.isdir(path) else 'does not exist'}")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"cannot read image {path!r}: {err}") from err
+    # Damaged files surface from PIL's decoders as any of these; UnidentifiedImageError is an OSError.
+    except UnidentifiedImageError as err:
+        raise ValueError(f"cannot read image {path}: not an image format PIL knows, or damaged") from err
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
 
 
 def predict(model, images, top_k: int = 5) -> list[list[dict[str, Any]]]:

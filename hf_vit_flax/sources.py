@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,11 @@ class Source:
             return from_crossformer_checkpoint(self.location, self._crossformer_config())
         from .timm import from_timm
 
+        if self.kind == "local" and not os.path.exists(self.location):
+            raise FileNotFoundError(
+                f"{self.location} does not exist (a local timm checkpoint folder or weights file); "
+                f"a timm checkpoint on the Hub is written timm:<name>[.<tag>]"
+            )
         kwargs: dict[str, Any] = {}
         if self.image_size is not None:
             kwargs["image_size"] = self.image_size
@@ -57,10 +63,26 @@ class Source:
 
         from . import CrossFormerConfig
 
+        if not os.path.isfile(self.config):
+            raise FileNotFoundError(f"the CrossFormer config {self.config} does not exist")
         with open(self.config, encoding="utf-8") as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as err:
+                raise ValueError(f"the CrossFormer config {self.config} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"the CrossFormer config {self.config} holds a JSON {type(data).__name__}; expected an object: "
+                f"the release's constructor arguments or a config.json written by save_pretrained"
+            )
         # Our config.json names its model_type; anything else is the release's constructor arguments.
         return CrossFormerConfig.from_dict(data) if "model_type" in data else data
+
+    def local_files(self) -> list[str]:
+        """The local files and folders this source reads (none for a Hub source)."""
+        if self.kind == "timm":
+            return []
+        return [self.location] + ([self.config] if self.config else [])
 
     def verify(self, model: FlaxVisionPreTrainedModel) -> float:
         """Max |logits difference| against the original (timm needs torch and timm installed)."""
@@ -76,7 +98,6 @@ class Source:
     def revision(self) -> str | None:
         """An identifier of the source's current contents (Hub commit or file hash), to skip unchanged work."""
         import hashlib
-        import os
 
         if self.kind == "timm":
             from huggingface_hub import HfApi

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from .configuration_utils import VisionTransformerConfig
-from .conversion_utils import to_numpy
+from .conversion_utils import read_state_dict, to_numpy
 from .families import FAMILIES, Family
+from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .variants import read_variant, variant_config_path, variant_names
 
@@ -261,6 +264,12 @@ def image_processor_from_pretrained_cfg(pretrained_cfg: Mapping[str, Any], image
     return image_processor_class("DeiTImageProcessor")(size={"height": scale[0], "width": scale[1]}, **common)
 
 
+def _check_image_size(size) -> None:
+    pair = size if isinstance(size, (list, tuple)) else (size, size)
+    if len(pair) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in pair):
+        raise ValueError(f"image_size must be a positive integer or a (height, width) pair of them, got {size!r}")
+
+
 def _hw(size) -> tuple[int, int]:
     if isinstance(size, (list, tuple)):
         return int(size[0]), int(size[1])
@@ -272,29 +281,7 @@ def _hw(size) -> tuple[int, int]:
 
 def _read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A timm state dict from ``.safetensors`` (no torch) or ``.pth`` / ``.bin`` / ``.pt`` (torch, weights only)."""
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except Exception as err:  # a bfloat16 file cannot be read into numpy
-            if "bf16" not in str(err).lower() and "bfloat16" not in str(err).lower():
-                raise
-            from safetensors.flax import load_file as load_flax
-
-            return {k: np.asarray(v, dtype=np.float32) for k, v in load_flax(path).items()}
-    if path.endswith((".pth", ".bin", ".pt")):
-        try:
-            import torch
-        except ImportError as err:
-            raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to safetensors") from err
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("state_dict", "model"):  # training checkpoints wrap the weights
-            if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-                state = state[key]
-        return to_numpy({k.removeprefix("module."): v for k, v in state.items()})
-    raise ValueError(f"cannot read weights from {path}: expected a .safetensors, .pth, .bin or .pt file")
+    return {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
 
 
 def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
@@ -311,8 +298,11 @@ def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
     hub_config = {}
     if config_path.is_file():
         with open(config_path, encoding="utf-8") as f:
-            candidate = json.load(f)
-        if "architecture" in candidate:  # a timm config, not e.g. a transformers one
+            try:
+                candidate = json.load(f)
+            except ValueError as err:
+                raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+        if isinstance(candidate, dict) and "architecture" in candidate:  # a timm config, not e.g. a transformers one
             hub_config = candidate
     return hub_config, _read_weights(weights_path), str(weights_path)
 
@@ -418,8 +408,14 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     num_classes_override = overrides.pop("num_classes", None)
     hub_kwargs = {k: overrides.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in overrides}
 
+    if image_size is not None:
+        _check_image_size(image_size)
+    if isinstance(source, os.PathLike | str) and not os.path.exists(source) and looks_like_path(os.fspath(source)):
+        raise FileNotFoundError(f"{os.fspath(source)} does not exist (no such local file or folder)")
+
     pretrained_cfg: dict[str, Any] = {}
     hub_config: dict[str, Any] = {}
+    local_file = None
     if _is_torch_module(source):
         if architecture:
             family = timm_family(architecture)
@@ -432,6 +428,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         origin = f"timm {architecture or type(source).__name__}{tag} (a live timm module)"
     elif isinstance(source, (str, os.PathLike)) and os.path.exists(source):
         hub_config, state_dict, origin = _read_local(Path(source))
+        local_file = origin
         architecture = architecture or hub_config.get("architecture")
         if not architecture:
             raise ValueError(
@@ -440,15 +437,26 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
             )
         family, config = timm_family(architecture), load_variant_config(architecture)
     elif isinstance(source, str):
+        # Not a local path: a Hub repo id or a timm name, whose errors also say that no such path exists
+        # (what a mistyped relative path, such as "ckpt/vit", would be).
+        not_local = f" (and no local file or folder {source!r} exists)"
         if "/" in source:  # "timm/<name>" or a full Hub id of a timm-format repo: its config.json says what
             repo_id = source
-            hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
+            try:
+                hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"{err}{not_local}") from err
+            except OSError as err:
+                raise OSError(f"{err}{not_local}") from err
             architecture = architecture or hub_config.get("architecture") or source.split("/", 1)[1].split(".")[0]
             family, config = timm_family(architecture), load_variant_config(architecture)
         else:
             # The requested architecture wins over the repo's: timm shares one repo between
             # architectures that differ only in what config.json does not record (e.g. QuickGELU).
-            architecture, repo_id = _hub_repo(source)
+            try:
+                architecture, repo_id = _hub_repo(source)
+            except NotImplementedError as err:
+                raise NotImplementedError(f"{err}{not_local}") from err
             family, config = timm_family(architecture), load_variant_config(architecture)
             hub_config, state_dict, origin = _download(repo_id, hub_kwargs)
     else:
@@ -503,7 +511,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     model = model_class.from_params(config, params)
     # timm's evaluation transform at the size the model takes (timm's defaults where nothing is recorded).
     model.image_processor = image_processor_from_pretrained_cfg(pretrained_cfg, config.image_size_hw)
-    model.card_data = _card_data(architecture, pretrained_cfg, origin)
+    model.card_data = _card_data(architecture, pretrained_cfg, origin, local_file)
     return model
 
 
@@ -554,8 +562,14 @@ def _config_from_model_args(family: Family, architecture: str, model_args: dict,
             f"this {architecture} checkpoint was saved with timm model_args {structural}, which change the "
             f"architecture; reading them needs timm (pip install timm torch)"
         ) from err
-    with torch.device("meta"):
-        model = timm.create_model(architecture, pretrained=False, **model_args)
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(architecture, pretrained=False, **model_args)
+    except Exception as err:  # an unknown argument (TypeError) or a value timm rejects
+        raise ValueError(
+            f"the checkpoint's timm config.json has model_args that timm {architecture} cannot be built with "
+            f"({type(err).__name__}: {err}); fix or remove them"
+        ) from err
     return family.config_from_timm(model)
 
 
@@ -573,7 +587,14 @@ def _default_pretrained_cfg(architecture: str) -> dict[str, Any]:
     return dict(next(iter(tags.values()))) if tags else {}
 
 
-def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], origin: str) -> dict[str, Any]:
+def _card_data(
+    architecture: str | None, pretrained_cfg: Mapping[str, Any], origin: str, local_file: str | None = None
+) -> dict[str, Any]:
+    """What the model card says of a conversion (see ``hub.model_card``).
+
+    A local weights file is named by its file name and sha256 only: the card is published, and the
+    folders above the file are the converting user's own.
+    """
     tag = pretrained_cfg.get("tag") or ""
     citation = next(
         (
@@ -584,11 +605,13 @@ def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], orig
         None,
     )
     data: dict[str, Any] = {
-        "source": origin,
+        "source": os.path.basename(local_file) if local_file else origin,
         "tags": ["timm"] + ([architecture] if architecture else []),
         "citation": "\n\n".join(c for c in (citation, _TIMM_BIBTEX) if c),
         "title": f"{architecture}.{tag}" if tag else architecture,
     }
+    if local_file:
+        data["source_sha256"] = _sha256(local_file)
     if pretrained_cfg.get("license"):
         data["license"] = pretrained_cfg["license"]
     datasets = [name for key, name in (("in1k", "imagenet-1k"), ("in21k", "imagenet-21k"), ("in22k", "imagenet-22k"),
@@ -596,3 +619,11 @@ def _card_data(architecture: str | None, pretrained_cfg: Mapping[str, Any], orig
     if datasets:
         data["datasets"] = datasets
     return data
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ...conversion_utils import StateDictReader, linear, to_numpy
+from ...conversion_utils import StateDictReader, linear, read_state_dict, to_numpy
 from .configuration_crossformer import CrossFormerConfig, per_stage, stage_windows
 
 # Persistent buffers of every v1 block: the offsets table and the relative index, both recomputed.
@@ -222,18 +222,13 @@ def _abbrev(keys: list[str], limit: int = 10) -> str:
 
 
 def load_state_dict(path_or_state_dict: Any) -> dict[str, np.ndarray]:
-    """A state dict as numpy: a mapping (tensors or arrays) as is, or a ``.pth`` read with torch (weights only).
+    """A state dict as numpy: a mapping (tensors or arrays) as is, or a weights file.
 
-    The release's container ``{'model': state_dict}`` is unwrapped.
+    A ``.pth`` is read with torch (weights only), a ``.safetensors`` file without; the release's
+    container ``{'model': state_dict}`` is unwrapped.
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        try:
-            import torch  # only to read a .pth file
-        except ImportError as err:
-            raise ImportError(
-                "reading a .pth checkpoint needs torch (pip install torch), or pass its state dict"
-            ) from err
-        path_or_state_dict = torch.load(os.fspath(path_or_state_dict), map_location="cpu", weights_only=True)
+        return read_state_dict(path_or_state_dict)
     if not isinstance(path_or_state_dict, Mapping):
         raise TypeError(f"expected a path or a state dict, got {type(path_or_state_dict).__name__}")
     state_dict = path_or_state_dict
@@ -247,7 +242,8 @@ def from_crossformer_checkpoint(path_or_state_dict: Any, config: CrossFormerConf
 
     Args:
         path_or_state_dict: the release's ``.pth`` file (``{'model': state_dict}``, read with
-            ``torch.load(..., weights_only=True)``), or a state dict of tensors or numpy arrays.
+            ``torch.load(..., weights_only=True)``), a ``.safetensors`` copy of it, or a state dict
+            of tensors or numpy arrays.
         config: a ``CrossFormerConfig`` with ``style="original"``, a preset name
             (``"crossformer-t"``, ``"crossformer-s"``, ``"crossformer-b"``, ``"crossformer-l"``) or the
             reference constructor's keyword arguments (a mapping).

@@ -59,6 +59,11 @@ class Source:
 
         with open(self.config, encoding="utf-8") as f:
             data = json.load(f)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{self.config} holds a JSON {type(data).__name__}, not an object: --config takes a config.json "
+                f"(or the original release's constructor arguments) as an object of field names and values"
+            )
         # Our config.json names its model_type; anything else is the release's constructor arguments.
         return CrossFormerConfig.from_dict(data) if "model_type" in data else data
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .configuration_utils import VisionTransformerConfig
+from .configuration_utils import VisionTransformerConfig, positive_size
 from .conversion_utils import to_numpy
 from .families import FAMILIES, Family
 from .modeling_utils import FlaxVisionPreTrainedModel
@@ -310,7 +310,7 @@ def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
     if config_path.is_file():
         with open(config_path, encoding="utf-8") as f:
             candidate = json.load(f)
-        if "architecture" in candidate:  # a timm config, not e.g. a transformers one
+        if isinstance(candidate, dict) and "architecture" in candidate:  # a timm config, not e.g. a transformers one
             hub_config = candidate
     return hub_config, _read_weights(weights_path), str(weights_path)
 
@@ -327,6 +327,8 @@ def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarra
         ) from err
     with open(config_path, encoding="utf-8") as f:
         hub_config = json.load(f)
+    if not isinstance(hub_config, dict):
+        raise ValueError(f"the config.json of the Hub repo {repo_id} ({config_path}) is not a JSON object")
     errors = []
     for name in WEIGHT_FILES:
         try:
@@ -413,6 +415,8 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     """
     architecture = overrides.pop("architecture", None)
     image_size = overrides.pop("image_size", None)
+    if image_size is not None:  # before any download; the config checks it again with the rest
+        positive_size("image_size", image_size)
     num_classes_override = overrides.pop("num_classes", None)
     hub_kwargs = {k: overrides.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in overrides}
 

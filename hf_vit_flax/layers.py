@@ -221,7 +221,9 @@ def attend(
     dtype = q.dtype
     no_dropout = dropout is None or deterministic or dropout.rate == 0.0
     half = dtype in (jnp.bfloat16, jnp.float16)
-    if half and jax.default_backend() == "gpu" and bias is None and no_dropout and not return_weights:
+    # An empty batch takes XLA's path: cuDNN's kernels are not specified for zero-size operands.
+    fusable = half and q.shape[0] > 0 and bias is None and no_dropout and not return_weights
+    if fusable and jax.default_backend() == "gpu":
         if heads_major:
             q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
         return fused_attention(q, k, v, scale), None

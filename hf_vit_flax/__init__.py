@@ -6,7 +6,7 @@ Importing the package registers every family with transformers' ``AutoConfig``, 
 
 from __future__ import annotations
 
-from .configuration_utils import VisionTransformerConfig
+from .configuration_utils import VisionTransformerConfig, install_json_object_check
 from .convert import from_vit_pytorch
 from .families import FAMILIES
 from .modeling_utils import FlaxVisionPreTrainedModel
@@ -46,6 +46,7 @@ def _register_auto_classes() -> None:
 
 
 _register_auto_classes()
+install_json_object_check()
 
 __all__ = [
     "CrossViT",

@@ -127,17 +127,6 @@ class VisionTransformerConfig(PretrainedConfig):
         config.validate()
         return result
 
-    @classmethod
-    def _dict_from_json_file(cls, json_file) -> dict[str, Any]:
-        data = super()._dict_from_json_file(json_file)
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{os.fspath(json_file)} holds a JSON {_json_kind(data)}, not an object: a config.json maps field "
-                f'names to values, e.g. {{"model_type": "{cls.model_type}", ...}}. Save the config again with '
-                f"save_pretrained."
-            )
-        return data
-
     def dict_dtype_to_str(self, d: dict[str, Any]) -> None:
         # transformers 4.x copies a Flax `dtype=` argument of from_pretrained into the config, where it
         # serialises as "numpy" and breaks reloading. The computation dtype is not a property of the
@@ -357,6 +346,30 @@ def block_params(
     attention = dense_params(dim, 3 * inner, qkv_bias) + (dense_params(inner, dim) if project_out else 0)
     mlp = dense_params(dim, mlp_dim) + dense_params(mlp_dim, dim)
     return 2 * norm_params(dim) + attention + mlp + (2 * dim if layer_scale else 0)
+
+
+def install_json_object_check() -> None:
+    """Make transformers' config.json reader refuse a file that is not a JSON object, naming the file.
+
+    The Auto classes read config.json through ``PretrainedConfig`` itself, whose reader returns any
+    JSON value; a list or a string then fails with a TypeError deep inside transformers. Idempotent.
+    """
+    reader = PretrainedConfig._dict_from_json_file
+    if getattr(reader, "checks_json_object", False):
+        return
+    read = reader.__func__
+
+    def _dict_from_json_file(cls, json_file):
+        data = read(cls, json_file)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{os.fspath(json_file)} holds a JSON {_json_kind(data)}, not an object: a config.json maps field "
+                f"names to values. Save the config again with save_pretrained."
+            )
+        return data
+
+    _dict_from_json_file.checks_json_object = True
+    PretrainedConfig._dict_from_json_file = classmethod(_dict_from_json_file)
 
 
 def _json_kind(value) -> str:

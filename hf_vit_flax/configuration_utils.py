@@ -4,16 +4,36 @@ Each family's config takes the seed README's keyword names (``image_size, patch_
 dim, depth, heads, mlp_dim`` ...) and answers to transformers' standard names through
 ``attribute_map`` (``hidden_size`` -> ``dim`` and so on), so both vocabularies work for reading,
 writing and construction.
+
+Every config is validated when it is built and when it is loaded (``from_dict``, ``from_pretrained``,
+``from_json_file``): each field's type and range (each family's ``field_checks`` table of the helpers
+below: ``positive_int``, ``rate``, ``boolean`` ...), then the rules that relate several fields (the
+family's ``check_architecture``), then the size. A config whose parameter count (a closed form per
+family) exceeds ``HF_VIT_FLAX_MAX_PARAMETERS`` (default 4 billion: 16 GB of float32 weights) or whose
+layers exceed ``HF_VIT_FLAX_MAX_LAYERS`` (default 1000; every layer is traced on its own, so tracing
+time grows with depth) is refused with that count; raise those environment variables to build a
+larger model anyway.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 from transformers import PretrainedConfig
 
 DEFAULT_NUM_CLASSES = 1000
+
+# The size limits (environment variables, read at each validation) and their defaults. ViT-gigantic,
+# the largest shipped variant, has 1.8 billion parameters and 48 layers.
+MAX_PARAMETERS_VARIABLE = "HF_VIT_FLAX_MAX_PARAMETERS"
+MAX_LAYERS_VARIABLE = "HF_VIT_FLAX_MAX_LAYERS"
+DEFAULT_MAX_PARAMETERS = 4_000_000_000
+DEFAULT_MAX_LAYERS = 1_000
 
 # transformers' names of a plain transformer stack's sizes, as aliases of the seed names (ViT, CaiT).
 TRANSFORMER_ATTRIBUTE_MAP = {
@@ -31,8 +51,11 @@ class VisionTransformerConfig(PretrainedConfig):
     attribute_map = {"num_channels": "channels"}
     # Which family-specific class names to suggest when a checkpoint of another family is loaded.
     family_name = "vision transformer"
+    # Each family declares the type and range of its fields once: field name -> check(name, value).
+    field_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {}
 
     def __init__(self, num_classes: int | None = None, image_mean=None, image_std=None, **kwargs):
+        check_label_counts(num_classes=num_classes, num_labels=kwargs.get("num_labels"))
         # ``num_classes`` (seed name) and ``num_labels`` / ``id2label`` (transformers) are one quantity.
         if num_classes is not None:
             if "num_labels" in kwargs and kwargs["num_labels"] != num_classes:
@@ -40,12 +63,12 @@ class VisionTransformerConfig(PretrainedConfig):
             if kwargs.get("id2label") is not None and len(kwargs["id2label"]) != num_classes:
                 raise ValueError(f"num_classes={num_classes} but id2label has {len(kwargs['id2label'])} entries")
             if kwargs.get("id2label") is None:
-                kwargs["num_labels"] = max(int(num_classes), 0)
+                kwargs["num_labels"] = num_classes
         elif kwargs.get("id2label") is None and "num_labels" not in kwargs:
             kwargs["num_labels"] = DEFAULT_NUM_CLASSES
         # Normalisation the model was trained with; written into the image processor that ships with it.
-        self.image_mean = list(image_mean) if image_mean is not None else None
-        self.image_std = list(image_std) if image_std is not None else None
+        self.image_mean = _as_list(image_mean, "image_mean")
+        self.image_std = _as_list(image_std, "image_std")
         super().__init__(**kwargs)
         self.validate()
 
@@ -58,16 +81,38 @@ class VisionTransformerConfig(PretrainedConfig):
         self.num_labels = value
 
     # -- to be provided by each family ------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise ValueError, naming the problem and the fix, for hyper-parameters the model cannot take."""
+    def check_architecture(self) -> None:
+        """Raise ValueError for combinations of fields the model cannot take (each field is valid on its own)."""
+
+    def estimate_num_parameters(self) -> int:
+        """The model's parameter count (with its head), in closed form: cheap at any size."""
+        raise NotImplementedError
+
+    def num_layers(self) -> int:
+        """How many blocks the model has (each is traced on its own)."""
+        raise NotImplementedError
 
     def to_module_kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments of the family's seed-API linen module."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError, naming the field, the problem and the fix, for a config the model cannot take.
+
+        Runs at construction and after every load; in order: each field (``field_checks``), the
+        normalisation, the family's cross-field rules (``check_architecture``), the size limits.
+        """
+        for name, check in self.field_checks.items():
+            check(name, getattr(self, name))
+        check_normalization(self.image_mean, self.image_std, self.channels)
+        self.check_architecture()
+        check_model_size(self)
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        if not isinstance(config_dict, Mapping):
+            raise TypeError(f"{cls.__name__}.from_dict takes a dict of config fields, got {type(config_dict).__name__}")
         found = config_dict.get("model_type")
         if found is not None and found != cls.model_type:
             raise ValueError(
@@ -75,7 +120,12 @@ class VisionTransformerConfig(PretrainedConfig):
                 f"'{cls.model_type}' ({cls.family_name}). Load it with the Auto classes "
                 f"(FlaxAutoModelForImageClassification.from_pretrained) or the class of its own family."
             )
-        return super().from_dict(config_dict, **kwargs)
+        check_label_counts(num_classes=kwargs.get("num_classes"), num_labels=kwargs.get("num_labels"))
+        result = super().from_dict(config_dict, **kwargs)
+        # transformers sets keyword overrides (from_pretrained(..., depth=0)) after construction.
+        config = result[0] if isinstance(result, tuple) else result
+        config.validate()
+        return result
 
     def dict_dtype_to_str(self, d: dict[str, Any]) -> None:
         # transformers 4.x copies a Flax `dtype=` argument of from_pretrained into the config, where it
@@ -114,20 +164,218 @@ def to_pair(value) -> tuple[int, int]:
 
 
 def as_json_size(value):
-    """Sizes are stored as int or [h, w] (json has no tuples); modules get tuples back."""
-    return list(value) if isinstance(value, (list, tuple)) else int(value)
+    """Sizes are stored as int or [h, w] (json has no tuples); modules get tuples back. Only integers
+    (numpy's too) become ``int``: validation names a float or a string rather than truncating it."""
+
+    def side(v):
+        return int(v) if _is_int(v) else v
+
+    return [side(v) for v in value] if isinstance(value, (list, tuple)) else side(value)
+
+
+# -- field checks: each takes the field's name and value and raises a ValueError naming both ---------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value) -> str:
+    return f"{value!r} (a {type(value).__name__})" if not _is_real(value) else repr(value)
+
+
+def positive_int(name: str, value) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {_shown(value)}")
+
+
+def non_negative_int(name: str, value) -> None:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 and an integer, got {_shown(value)}")
+
+
+def rate(name: str, value) -> None:
+    if not _is_real(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {_shown(value)}")
+
+
+def is_positive_number(value) -> bool:
+    """A finite real number > 0 (not a bool)."""
+    return _is_real(value) and math.isfinite(value) and value > 0
+
+
+def positive_float(name: str, value) -> None:
+    if not is_positive_number(value):
+        raise ValueError(f"{name} must be a positive finite number, got {_shown(value)}")
+
+
+def boolean(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+
+
+def positive_size(name: str, value) -> None:
+    """A size: a positive int (square), or a (height, width) pair of them."""
+    pair = isinstance(value, (list, tuple))
+    sides = list(value) if pair else [value]
+    if (pair and len(sides) != 2) or not all(_is_int(side) and side > 0 for side in sides):
+        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them, got {_shown(value)}")
+
+
+def optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """``check``, with ``None`` allowed."""
+
+    def check_optional(name: str, value) -> None:
+        if value is not None:
+            check(name, value)
+
+    return check_optional
+
+
+def one_of(*choices: str) -> Callable[[str, Any], None]:
+    def check_choice(name: str, value) -> None:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+    return check_choice
 
 
 def check_positive(**values: int) -> None:
     for name, value in values.items():
-        if int(value) <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
+        positive_int(name, value)
 
 
 def check_rate(**values: float) -> None:
     for name, value in values.items():
-        if not 0.0 <= float(value) < 1.0:
-            raise ValueError(f"{name} must be a probability in [0, 1), got {value}")
+        rate(name, value)
+
+
+def check_label_counts(**values) -> None:
+    """``num_classes`` / ``num_labels``: an integer >= 0 (0: no classification head)."""
+    for name, value in values.items():
+        if value is not None:
+            non_negative_int(name, value)
+
+
+def check_normalization(image_mean, image_std, channels: int) -> None:
+    """``image_mean`` / ``image_std``: None, or one finite number per channel (positive for the std)."""
+    for name, values in (("image_mean", image_mean), ("image_std", image_std)):
+        if values is None:
+            continue
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != channels
+            or not all(_is_real(v) and math.isfinite(v) for v in values)
+        ):
+            raise ValueError(f"{name} must be {channels} finite numbers (one per channel), got {values!r}")
+        if name == "image_std" and min(values) <= 0:
+            raise ValueError(f"image_std must be positive (images are divided by it), got {values!r}")
+
+
+def _as_list(values, name: str):
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a list of numbers, one per channel, got {values!r}")
+    return list(values)
+
+
+# -- size limits ----------------------------------------------------------------------------------
+
+
+def size_limit(variable: str, default: int) -> int:
+    """The limit set by environment ``variable`` (an integer; ``1e10`` and ``10_000`` are accepted) or ``default``."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value != int(value):
+        raise ValueError(f"{variable} must be a positive integer, got {raw!r}")
+    return int(value)
+
+
+def check_model_size(config: VisionTransformerConfig) -> None:
+    """Refuse a model that cannot be built: more parameters or layers than the limits (see the module docstring)."""
+    family = config.family_name
+    layers, max_layers = config.num_layers(), size_limit(MAX_LAYERS_VARIABLE, DEFAULT_MAX_LAYERS)
+    if layers > max_layers:
+        raise ValueError(
+            f"this {family} config has {layers:,} layers, more than the limit of {max_layers:,} (each layer is "
+            f"traced and compiled on its own): check the depth fields, or set {MAX_LAYERS_VARIABLE}={layers} to "
+            f"build it anyway"
+        )
+    params, max_params = config.estimate_num_parameters(), size_limit(MAX_PARAMETERS_VARIABLE, DEFAULT_MAX_PARAMETERS)
+    if params > max_params:
+        raise ValueError(
+            f"this {family} config would have about {params:,} parameters ({4 * params / 1e9:,.1f} GB in float32), "
+            f"more than the limit of {max_params:,}: check the widths, depths and the image / patch sizes, or set "
+            f"{MAX_PARAMETERS_VARIABLE}={params} to build it anyway"
+        )
+
+
+# -- closed-form parameter counts (shared by the families' estimates) --------------------------------
+
+
+def dense_params(features_in: int, features_out: int, bias: bool = True) -> int:
+    return features_in * features_out + (features_out if bias else 0)
+
+
+def norm_params(dim: int) -> int:
+    return 2 * dim  # scale and bias
+
+
+def block_params(
+    dim: int,
+    heads: int,
+    dim_head: int,
+    mlp_dim: int,
+    *,
+    qkv_bias: bool = False,
+    project_out: bool = True,
+    layer_scale: bool = False,
+) -> int:
+    """A pre-norm transformer block: two LayerNorms, qkv and output projections, a two-layer MLP, LayerScale."""
+    inner = heads * dim_head
+    attention = dense_params(dim, 3 * inner, qkv_bias) + (dense_params(inner, dim) if project_out else 0)
+    mlp = dense_params(dim, mlp_dim) + dense_params(mlp_dim, dim)
+    return 2 * norm_params(dim) + attention + mlp + (2 * dim if layer_scale else 0)
+
+
+def install_json_object_check() -> None:
+    """Make transformers' config.json reader refuse a file that is not a JSON object, naming the file.
+
+    The Auto classes read config.json through ``PretrainedConfig`` itself, whose reader returns any
+    JSON value; a list or a string then fails with a TypeError deep inside transformers. Idempotent.
+    """
+    reader = PretrainedConfig._dict_from_json_file
+    if getattr(reader, "checks_json_object", False):
+        return
+    read = reader.__func__
+
+    def _dict_from_json_file(cls, json_file):
+        data = read(cls, json_file)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{os.fspath(json_file)} holds a JSON {_json_kind(data)}, not an object: a config.json maps field "
+                f"names to values. Save the config again with save_pretrained."
+            )
+        return data
+
+    _dict_from_json_file.checks_json_object = True
+    PretrainedConfig._dict_from_json_file = classmethod(_dict_from_json_file)
+
+
+def _json_kind(value) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if _is_real(value) else type(value).__name__
+    )
 
 
 def _is_numpy_dtype(value) -> bool:

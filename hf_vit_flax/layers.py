@@ -154,6 +154,15 @@ def patchify(images: jax.Array, patch_size: tuple[int, int]) -> jax.Array:
     return x.reshape(batch, (height // p1) * (width // p2), p1 * p2 * channels)
 
 
+def flatten_tokens(x: jax.Array) -> jax.Array:
+    """``(b, h, w, c) -> (b, h w, c)``, row-major like timm's and PyTorch's ``flatten(2).transpose(1, 2)``.
+
+    The sizes are spelled out: ``reshape(b, -1, c)`` cannot infer the ``-1`` of an empty batch.
+    """
+    batch, height, width, channels = x.shape
+    return x.reshape(batch, height * width, channels)
+
+
 def _cudnn_or_xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
     try:
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
@@ -212,7 +221,9 @@ def attend(
     dtype = q.dtype
     no_dropout = dropout is None or deterministic or dropout.rate == 0.0
     half = dtype in (jnp.bfloat16, jnp.float16)
-    if half and jax.default_backend() == "gpu" and bias is None and no_dropout and not return_weights:
+    # An empty batch takes XLA's path: cuDNN's kernels are not specified for zero-size operands.
+    fusable = half and q.shape[0] > 0 and bias is None and no_dropout and not return_weights
+    if fusable and jax.default_backend() == "gpu":
         if heads_major:
             q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
         return fused_attention(q, k, v, scale), None

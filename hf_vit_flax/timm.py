@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .configuration_utils import VisionTransformerConfig
+from .configuration_utils import VisionTransformerConfig, positive_size
 from .conversion_utils import read_state_dict, to_numpy
 from .families import FAMILIES, Family
 from .hub import looks_like_path
@@ -319,6 +319,8 @@ def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarra
         ) from err
     with open(config_path, encoding="utf-8") as f:
         hub_config = json.load(f)
+    if not isinstance(hub_config, dict):
+        raise ValueError(f"the config.json of the Hub repo {repo_id} ({config_path}) is not a JSON object")
     errors = []
     for name in WEIGHT_FILES:
         try:
@@ -405,6 +407,8 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     """
     architecture = overrides.pop("architecture", None)
     image_size = overrides.pop("image_size", None)
+    if image_size is not None:  # before any download; the config checks it again with the rest
+        positive_size("image_size", image_size)
     num_classes_override = overrides.pop("num_classes", None)
     hub_kwargs = {k: overrides.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in overrides}
 

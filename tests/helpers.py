@@ -6,6 +6,20 @@ import numpy as np
 
 PARITY_ATOL = 1e-5
 
+# One small valid config per family (keyword arguments of its config class): 32x32 RGB images, 3 classes.
+TINY_CONFIGS = {
+    "vit": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32),
+    "cait": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, cls_depth=1, heads=2, dim_head=16,
+                 mlp_dim=32),
+    "crossvit": dict(image_size=32, num_classes=3, sm_dim=16, lg_dim=32, sm_patch_size=4, lg_patch_size=8, depth=1,
+                     sm_enc_heads=2, lg_enc_heads=2, sm_enc_dim_head=8, lg_enc_dim_head=8, sm_enc_mlp_dim=32,
+                     lg_enc_mlp_dim=32, cross_attn_heads=2, cross_attn_dim_head=8, dropout=0.0, emb_dropout=0.0),
+    # Stage maps 8, 4, 2, 1 at 32x32: windows that tile them.
+    "crossformer": dict(image_size=32, num_classes=3, dim=(16, 16, 32, 32), depth=1, dim_head=8,
+                        local_window_size=(2, 2, 2, 1), global_window_size=(2, 2, 1, 1),
+                        cross_embed_kernel_sizes=((4, 8), (2, 4), (2, 4), (2, 4))),
+}  # fmt: skip
+
 # NCHW pixel_values that a wrapper configured for 32x32 RGB images must refuse, and what its error says.
 BAD_PIXEL_VALUES = [
     ((2, 32, 32, 3), "NHWC"),

@@ -39,6 +39,7 @@ def test_variant_builds_with_the_reference_parameter_count(architecture):
     model = model_class(config, _do_init=False)  # jax.eval_shape of init: shapes only
     count = int(sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree)))
     assert count == info["reference_num_params"]
+    assert config.estimate_num_parameters() == count  # the closed form the size limit reads
 
 
 @pytest.mark.parametrize("architecture", [a for a in TIMM_VARIANTS if a.startswith(("deit", "vit_tiny", "vit_wee"))])

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ...configuration_utils import (
     TRANSFORMER_ATTRIBUTE_MAP,
     VisionTransformerConfig,
     as_json_size,
+    block_params,
+    boolean,
     check_positive,
-    check_rate,
+    dense_params,
+    is_positive_number,
+    norm_params,
+    optional,
+    positive_float,
+    positive_int,
+    positive_size,
+    rate,
     to_pair,
 )
 
@@ -50,6 +60,16 @@ class CaiTConfig(VisionTransformerConfig):
     model_type = "cait_flax"
     family_name = "CaiT"
     attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
+    # style and layer_scale_init: validate_cait (shared with the module).
+    field_checks = {
+        **dict.fromkeys(("image_size", "patch_size"), positive_size),
+        **dict.fromkeys(("dim", "depth", "cls_depth", "heads", "mlp_dim", "dim_head", "channels"), positive_int),
+        "cls_mlp_dim": optional(positive_int),
+        **dict.fromkeys(("dropout", "emb_dropout", "layer_dropout", "drop_path_rate"), rate),
+        "attn_dropout": optional(rate),
+        "layer_norm_eps": positive_float,
+        "qkv_bias": boolean,
+    }
 
     def __init__(
         self,
@@ -96,18 +116,35 @@ class CaiTConfig(VisionTransformerConfig):
         self.drop_path_rate = drop_path_rate
         super().__init__(num_classes=num_classes, **kwargs)
 
-    def validate(self) -> None:
+    def check_architecture(self) -> None:
         validate_cait(
             image_size=self.image_size, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
             cls_depth=self.cls_depth, heads=self.heads, mlp_dim=self.mlp_dim, dim_head=self.dim_head,
             channels=self.channels, style=self.style, cls_mlp_dim=self.cls_mlp_dim,
             layer_scale_init=self.layer_scale_init, layer_norm_eps=self.layer_norm_eps,
         )  # fmt: skip
-        rates = dict(dropout=self.dropout, emb_dropout=self.emb_dropout, layer_dropout=self.layer_dropout,
-                     drop_path_rate=self.drop_path_rate)  # fmt: skip
-        if self.attn_dropout is not None:
-            rates["attn_dropout"] = self.attn_dropout
-        check_rate(**rates)
+
+    def num_layers(self) -> int:
+        return self.depth + self.cls_depth
+
+    def estimate_num_parameters(self) -> int:
+        (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
+        patches, patch_dim, dim = (height // patch_h) * (width // patch_w), patch_h * patch_w * self.channels, self.dim
+        timm = self.style == "timm"
+        if timm:
+            embed = dense_params(patch_dim, dim)
+        else:
+            embed = norm_params(patch_dim) + dense_params(patch_dim, dim) + norm_params(dim)
+        # Talking heads: two (heads x heads) mixings per layer (timm's with a bias), in the class-attention
+        # layers too in vit-pytorch's CaiT.
+        talking_heads = 2 * self.heads * self.heads + (2 * self.heads if timm else 0)
+        block = functools.partial(
+            block_params, dim, self.heads, self.dim_head, qkv_bias=self.qkv_bias, layer_scale=True
+        )
+        patch_layers = self.depth * (block(self.mlp_dim) + talking_heads)
+        cls_layers = self.cls_depth * (block(self.cls_mlp_dim or self.mlp_dim) + (0 if timm else talking_heads))
+        head = dense_params(dim, self.num_labels) if self.num_labels > 0 else 0
+        return embed + (patches + 1) * dim + patch_layers + cls_layers + norm_params(dim) + head
 
     def to_module_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -159,10 +196,12 @@ def validate_cait(
         raise ValueError(
             f"style must be 'vit_pytorch' (lucidrains' vit_pytorch.cait.CaiT) or 'timm' (timm's Cait), got {style!r}"
         )
-    if layer_scale_init is not None and float(layer_scale_init) <= 0:
-        raise ValueError(f"layer_scale_init must be positive (or None for vit-pytorch's rule), got {layer_scale_init}")
-    if float(layer_norm_eps) <= 0:
-        raise ValueError(f"layer_norm_eps must be positive, got {layer_norm_eps}")
+    if layer_scale_init is not None and not is_positive_number(layer_scale_init):
+        raise ValueError(
+            f"layer_scale_init must be positive (or None for vit-pytorch's rule), got {layer_scale_init!r}"
+        )
+    if not is_positive_number(layer_norm_eps):
+        raise ValueError(f"layer_norm_eps must be positive, got {layer_norm_eps!r}")
     (height, width), (patch_h, patch_w) = to_pair(image_size), to_pair(patch_size)
     check_positive(image_height=height, image_width=width, patch_height=patch_h, patch_width=patch_w)
     if height % patch_h or width % patch_w:

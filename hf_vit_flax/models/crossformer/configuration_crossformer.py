@@ -18,7 +18,21 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...configuration_utils import VisionTransformerConfig, as_json_size, check_positive, check_rate, to_pair
+from ...configuration_utils import (
+    VisionTransformerConfig,
+    as_json_size,
+    block_params,
+    boolean,
+    check_positive,
+    dense_params,
+    norm_params,
+    optional,
+    positive_float,
+    positive_int,
+    positive_size,
+    rate,
+    to_pair,
+)
 from ...variants import read_variant, variant_names
 
 NUM_STAGES = 4
@@ -40,6 +54,19 @@ def per_stage(value: Any, name: str) -> tuple:
     return (value,) * NUM_STAGES
 
 
+def stage_values(check):
+    """A field check for a per-stage field: ``check`` on the int, or on each of the 4 values (``name[i]``)."""
+
+    def check_stages(name: str, value) -> None:
+        if not isinstance(value, (list, tuple)):
+            check(name, value)
+            return
+        for i, v in enumerate(per_stage(value, name)):
+            check(f"{name}[{i}]", v)
+
+    return check_stages
+
+
 def kernel_sizes_per_stage(value: Any) -> tuple[tuple[int, ...], ...]:
     """``cross_embed_kernel_sizes``: one non-empty sequence of kernel sizes per stage."""
     stages = per_stage(value, "cross_embed_kernel_sizes")
@@ -50,7 +77,9 @@ def kernel_sizes_per_stage(value: Any) -> tuple[tuple[int, ...], ...]:
                 f"cross_embed_kernel_sizes needs one sequence of kernel sizes per stage, e.g. "
                 f"((4, 8, 16, 32), (2, 4), (2, 4), (2, 4)), got {value!r}"
             )
-        out.append(tuple(int(k) for k in stage))
+        for j, kernel in enumerate(stage):
+            positive_int(f"cross_embed_kernel_sizes[{len(out)}][{j}]", kernel)
+        out.append(tuple(stage))
     return tuple(out)
 
 
@@ -70,10 +99,21 @@ def conv_output_size(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def stage_blocks(style: str, depth: int) -> int:
+    """The number of blocks of a stage: ``depth`` (short, long) pairs in vit-pytorch, ``depth`` blocks in the original."""
+    return 2 * depth if style == "vit_pytorch" else depth
+
+
 def stage_windows(style: str, depth: int, local_window: int, global_window: int) -> list[tuple[str, int]]:
     """The attention of each block of a stage: ``('short' | 'long', window)``, in order."""
-    blocks = 2 * depth if style == "vit_pytorch" else depth
-    return [("short", local_window) if j % 2 == 0 else ("long", global_window) for j in range(blocks)]
+    return [
+        ("short", local_window) if j % 2 == 0 else ("long", global_window) for j in range(stage_blocks(style, depth))
+    ]
+
+
+def distinct_windows(style: str, depth: int, local_window: int, global_window: int) -> list[tuple[str, int]]:
+    """The kinds of attention a stage uses (at most two: its first blocks'), whatever its depth."""
+    return stage_windows(style, min(depth, 2), local_window, global_window)[:2]
 
 
 def block_grouping(style: str, kind: str, window: int, height: int, width: int) -> tuple[str, int]:
@@ -122,7 +162,7 @@ def image_size_problem(
     except ValueError as err:
         return str(err)
     for stage, (height, width) in enumerate(sizes):
-        for kind, window in stage_windows(style, depth[stage], local_window_size[stage], global_window_size[stage]):
+        for kind, window in distinct_windows(style, depth[stage], local_window_size[stage], global_window_size[stage]):
             kind, window = block_grouping(style, kind, window, height, width)
             if height % window or width % window:
                 which = "local (short-distance)" if kind == "short" else "global (long-distance)"
@@ -139,7 +179,7 @@ def size_multiple(*, style: str, depth, local_window_size, global_window_size, c
     for stage in range(NUM_STAGES):
         stride_product *= cross_embed_strides[stage]
         windows = {
-            w for _, w in stage_windows(style, depth[stage], local_window_size[stage], global_window_size[stage])
+            w for _, w in distinct_windows(style, depth[stage], local_window_size[stage], global_window_size[stage])
         }
         multiple = math.lcm(multiple, stride_product * math.lcm(*windows))
     return multiple
@@ -204,6 +244,17 @@ class CrossFormerConfig(VisionTransformerConfig):
 
     model_type = "crossformer_flax"
     family_name = "CrossFormer"
+    # style, cross_embed_kernel_sizes and the rules between fields: validate_architecture and check_image_size.
+    field_checks = {
+        "image_size": positive_size,
+        **dict.fromkeys(("dim", "depth", "global_window_size", "local_window_size", "cross_embed_strides"),
+                        stage_values(positive_int)),
+        "heads": optional(stage_values(positive_int)),
+        **dict.fromkeys(("dim_head", "channels"), positive_int),
+        **dict.fromkeys(("attn_dropout", "ff_dropout", "drop_path_rate"), rate),
+        **dict.fromkeys(("mlp_ratio", "layer_norm_eps"), positive_float),
+        "qkv_bias": optional(boolean),
+    }  # fmt: skip
     attribute_map = {
         **VisionTransformerConfig.attribute_map,
         "hidden_sizes": "dim",
@@ -266,7 +317,7 @@ class CrossFormerConfig(VisionTransformerConfig):
             cross_embed_strides=per_stage(self.cross_embed_strides, "cross_embed_strides"),
         )
 
-    def validate(self) -> None:
+    def check_architecture(self) -> None:
         validate_architecture(
             style=self.style,
             dim=self.dim,
@@ -281,8 +332,34 @@ class CrossFormerConfig(VisionTransformerConfig):
             mlp_ratio=self.mlp_ratio,
             layer_norm_eps=self.layer_norm_eps,
         )
-        check_rate(attn_dropout=self.attn_dropout, ff_dropout=self.ff_dropout, drop_path_rate=self.drop_path_rate)
         check_image_size(to_pair(self.image_size), **self.architecture())
+
+    def num_layers(self) -> int:
+        return sum(stage_blocks(self.style, depth) for depth in per_stage(self.depth, "depth"))
+
+    def estimate_num_parameters(self) -> int:
+        arch, dims, original = self.architecture(), per_stage(self.dim, "dim"), self.style == "original"
+        qkv_bias = original if self.qkv_bias is None else self.qkv_bias
+        total, dim_in = 0, self.channels
+        for stage, (dim, kernels) in enumerate(zip(dims, arch["cross_embed_kernel_sizes"], strict=True)):
+            # One convolution per kernel size; the original normalises after the first, before the others.
+            outs = cross_embed_dims(dim, len(kernels))
+            embed = sum(dense_params(k * k * dim_in, out) for k, out in zip(sorted(kernels), outs, strict=True))
+            embed += norm_params(dim if stage == 0 else dim_in) if original else 0
+            if self.heads is None:
+                heads, dim_head = dim // self.dim_head, self.dim_head
+            else:
+                heads = per_stage(self.heads, "heads")[stage]
+                dim_head = dim // heads
+            # The dynamic position bias: Linear(2, width), three [LayerNorm, ReLU, Linear].
+            width, bias_out = (dim // 16, heads) if original else (dim // 4, 1)
+            position_bias = dense_params(2, width) + 2 * (norm_params(width) + dense_params(width, width))
+            position_bias += norm_params(width) + dense_params(width, bias_out)
+            block = block_params(dim, heads, dim_head, int(dim * self.mlp_ratio), qkv_bias=qkv_bias) + position_bias
+            total += embed + stage_blocks(self.style, arch["depth"][stage]) * block
+            dim_in = dim
+        total += norm_params(dims[-1]) if original else 0
+        return total + (dense_params(dims[-1], self.num_labels) if self.num_labels > 0 else 0)
 
     def to_module_kwargs(self) -> dict[str, Any]:
         arch = self.architecture()
@@ -443,6 +520,11 @@ def validate_architecture(
                 raise ValueError(f"stage {stage + 1}: dim {d} is not divisible by heads {h}")
     if float(mlp_ratio) <= 0 or float(layer_norm_eps) <= 0:
         raise ValueError(f"mlp_ratio and layer_norm_eps must be positive, got {mlp_ratio}, {layer_norm_eps}")
+    for stage, d in enumerate(dims):
+        if int(d * mlp_ratio) < 1:
+            raise ValueError(
+                f"stage {stage + 1}: mlp_ratio {mlp_ratio} gives dim {d} a feed-forward width of 0; use a larger mlp_ratio"
+            )
 
 
 def _json(value):

@@ -39,6 +39,7 @@ from ...layers import (
     SeedModel,
     attend,
     check_image,
+    flatten_tokens,
     gradient_barrier,
     layer_norm,
     remat_if,
@@ -275,7 +276,8 @@ class CrossFormerBlock(nn.Module):
         x = x + self.drop_path_layer(ungroup_tokens(y, kind, window, x.shape), deterministic=deterministic)
         x = x + self.drop_path_layer(self.mlp(self.norm2(x), deterministic=deterministic), deterministic=deterministic)
         if weights is not None:  # (batch, groups, heads, tokens, tokens)
-            weights = weights.reshape(x.shape[0], -1, *weights.shape[1:])
+            groups = (height // window) * (width // window)
+            weights = weights.reshape(x.shape[0], groups, *weights.shape[1:])
         # Keeps XLA:CPU's backward of the residual stack linear in depth (see gradient_barrier).
         return gradient_barrier(x), weights
 
@@ -337,11 +339,6 @@ class CrossFormerStage(nn.Module):
             hidden_states.append(x)
             attentions.append(weights)
         return embedded, x, hidden_states, attentions
-
-
-def tokens(x: jax.Array) -> jax.Array:
-    """``(B, H, W, C) -> (B, H*W, C)``, row-major like PyTorch's ``flatten(2).transpose(1, 2)``."""
-    return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
 class CrossFormer(SeedModel):
@@ -459,13 +456,13 @@ class CrossFormer(SeedModel):
             )
             hidden_states += ([embedded] if i == 0 else []) + stage_hidden
             attentions += stage_attentions
-        x = tokens(x)
+        x = flatten_tokens(x)
         if self.style == "original":
             x = self.norm(x)
         return Features(
             last_hidden_state=x,
             pooler_output=x.mean(axis=1),
-            hidden_states=tuple(tokens(h) for h in hidden_states) if output_hidden_states else None,
+            hidden_states=tuple(flatten_tokens(h) for h in hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
 

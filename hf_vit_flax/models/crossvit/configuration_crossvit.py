@@ -9,7 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...configuration_utils import VisionTransformerConfig, as_json_size, check_positive, check_rate, to_pair
+from ...configuration_utils import (
+    VisionTransformerConfig,
+    as_json_size,
+    block_params,
+    boolean,
+    check_positive,
+    check_rate,
+    dense_params,
+    non_negative_int,
+    norm_params,
+    optional,
+    positive_float,
+    positive_int,
+    positive_size,
+    rate,
+    to_pair,
+)
 
 STYLES = ("vit_pytorch", "timm")
 GLOBAL_POOLS = ("token", "avg")
@@ -143,6 +159,19 @@ class CrossViTConfig(VisionTransformerConfig):
     model_type = "crossvit_flax"
     family_name = "CrossViT"
     attribute_map = {**VisionTransformerConfig.attribute_map, "num_hidden_layers": "depth"}
+    # style, global_pool and the rules between fields: check_crossvit_arguments (shared with the module).
+    field_checks = {
+        "image_size": positive_size,
+        **dict.fromkeys(("sm_image_size", "lg_image_size"), optional(positive_size)),
+        **dict.fromkeys(("sm_dim", "lg_dim", "sm_patch_size", "lg_patch_size", "sm_enc_heads", "lg_enc_heads",
+                         "sm_enc_mlp_dim", "lg_enc_mlp_dim", "sm_enc_dim_head", "lg_enc_dim_head", "depth",
+                         "channels"), positive_int),
+        **dict.fromkeys(("sm_enc_depth", "lg_enc_depth", "cross_attn_depth"), non_negative_int),
+        **dict.fromkeys(("cross_attn_heads", "cross_attn_dim_head"), optional(positive_int)),
+        **dict.fromkeys(("dropout", "emb_dropout", "drop_path_rate"), rate),
+        "layer_norm_eps": positive_float,
+        **dict.fromkeys(("multi_conv", "qkv_bias", "crop_scale"), boolean),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -209,8 +238,53 @@ class CrossViTConfig(VisionTransformerConfig):
         self.drop_path_rate = drop_path_rate
         super().__init__(num_classes=num_classes, **kwargs)
 
-    def validate(self) -> None:
+    def check_architecture(self) -> None:
         check_crossvit_arguments(**self.to_module_kwargs())
+
+    def num_layers(self) -> int:
+        return self.depth * (self.sm_enc_depth + self.lg_enc_depth + 2 * self.cross_attn_depth)
+
+    def estimate_num_parameters(self) -> int:
+        timm, qkv_bias = self.style == "timm", self.qkv_bias
+        branches = [
+            (self.sm_dim, self.sm_patch_size, self.sm_image_size, self.sm_enc_depth, self.sm_enc_heads,
+             self.sm_enc_dim_head, self.sm_enc_mlp_dim),
+            (self.lg_dim, self.lg_patch_size, self.lg_image_size, self.lg_enc_depth, self.lg_enc_heads,
+             self.lg_enc_dim_head, self.lg_enc_mlp_dim),
+        ]  # fmt: skip
+
+        def cross_attention(dim: int, heads: int, dim_head: int) -> int:
+            """A class token attends in width ``dim``: LayerNorm, q and kv, output projection."""
+            inner = heads * dim_head
+            return norm_params(dim) + dense_params(dim, 3 * inner, qkv_bias) + dense_params(inner, dim)
+
+        total = 0
+        for branch, other_branch in zip(branches, branches[::-1], strict=True):
+            dim, patch, size, depth, heads, dim_head, mlp_dim = branch
+            other, other_heads, other_dim_head = other_branch[0], other_branch[4], other_branch[5]
+            height, width = to_pair(size if size is not None else self.image_size)
+            patch_dim = patch * patch * self.channels
+            if timm and self.multi_conv:  # timm's 'dagger' stem: 7x7 to dim/4, 3x3 to dim/2, 3x3 to dim
+                embed = dense_params(49 * self.channels, dim // 4) + dense_params(9 * (dim // 4), dim // 2)
+                embed += dense_params(9 * (dim // 2), dim)
+            elif timm:
+                embed = dense_params(patch_dim, dim)
+            else:
+                embed = norm_params(patch_dim) + dense_params(patch_dim, dim) + norm_params(dim)
+            tokens = (2 + (height // patch) * (width // patch)) * dim  # class token and position embeddings
+            layer = depth * block_params(dim, heads, dim_head, mlp_dim, qkv_bias=qkv_bias)
+            # The class token goes to the other branch's width and back around the cross attention.
+            if timm:  # LayerNorm -> GELU -> Linear each way; the attention has the other branch's heads
+                layer += norm_params(dim) + dense_params(dim, other) + norm_params(other) + dense_params(other, dim)
+                layer += self.cross_attn_depth * cross_attention(other, other_heads, other_dim_head)
+                rest = norm_params(dim) + (dense_params(dim, self.num_labels) if self.num_labels > 0 else 0)
+            else:  # each encoder's final LayerNorm; per cross layer, Linear in and out when the widths differ
+                projections = dense_params(dim, other) + dense_params(other, dim) if dim != other else 0
+                attention = cross_attention(other, self.cross_attn_heads, self.cross_attn_dim_head)
+                layer += norm_params(dim) + self.cross_attn_depth * (projections + attention)
+                rest = norm_params(dim) + dense_params(dim, self.num_labels) if self.num_labels > 0 else 0
+            total += embed + tokens + self.depth * layer + rest
+        return total
 
     def to_module_kwargs(self) -> dict[str, Any]:
         def size(value):

@@ -42,6 +42,7 @@ from ...layers import (
     TransformerBlock,
     attend,
     check_image,
+    flatten_tokens,
     gelu,
     layer_norm,
     pair,
@@ -78,7 +79,7 @@ class DaggerPatchEmbedding(nn.Module):
             x = nn.Conv(self.dim // divisor, (kernel, kernel), strides=(stride, stride),
                         padding=((pad, pad), (pad, pad)), dtype=self.dtype, param_dtype=self.param_dtype,
                         name=f"conv{i + 1}")(x)  # fmt: skip
-        return x.reshape(x.shape[0], -1, self.dim)  # (b, h, w, d) -> (b, h w, d), row-major like timm
+        return flatten_tokens(x)
 
 
 class BranchEmbedding(nn.Module):

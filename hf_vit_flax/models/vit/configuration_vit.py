@@ -12,8 +12,17 @@ from ...configuration_utils import (
     TRANSFORMER_ATTRIBUTE_MAP,
     VisionTransformerConfig,
     as_json_size,
-    check_positive,
-    check_rate,
+    block_params,
+    boolean,
+    dense_params,
+    is_positive_number,
+    non_negative_int,
+    norm_params,
+    optional,
+    positive_float,
+    positive_int,
+    positive_size,
+    rate,
     to_pair,
 )
 
@@ -70,6 +79,17 @@ class ViTConfig(VisionTransformerConfig):
     model_type = "vit_flax"
     family_name = "ViT"
     attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
+    # pool, patch_embedding, mlp_activation and layer_scale_init: check_vit_options (shared with the module).
+    field_checks = {
+        **dict.fromkeys(("image_size", "patch_size"), positive_size),
+        **dict.fromkeys(("dim", "depth", "heads", "mlp_dim", "channels", "dim_head"), positive_int),
+        **dict.fromkeys(("dropout", "emb_dropout", "drop_path_rate", "head_dropout"), rate),
+        "layer_norm_eps": positive_float,
+        "reg_tokens": non_negative_int,
+        "class_token": optional(boolean),
+        **dict.fromkeys(("patch_bias", "qkv_bias", "distilled", "no_embed_class", "pre_norm", "final_norm",
+                         "fc_norm"), boolean),
+    }  # fmt: skip
 
     def __init__(
         self,
@@ -130,32 +150,50 @@ class ViTConfig(VisionTransformerConfig):
         self.head_dropout = head_dropout
         super().__init__(num_classes=num_classes, **kwargs)
 
-    def validate(self) -> None:
-        check_positive(
-            dim=self.dim,
-            depth=self.depth,
-            heads=self.heads,
-            mlp_dim=self.mlp_dim,
-            dim_head=self.dim_head,
-            channels=self.channels,
-        )
-        check_rate(
-            dropout=self.dropout,
-            emb_dropout=self.emb_dropout,
-            drop_path_rate=self.drop_path_rate,
-            head_dropout=self.head_dropout,
-        )
+    def check_architecture(self) -> None:
         check_vit_options(
             pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
             reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
             layer_scale_init=self.layer_scale_init,
         )  # fmt: skip
         (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
+        if patch_h > height or patch_w > width:
+            raise ValueError(
+                f"patch size {patch_h}x{patch_w} is larger than the image size {height}x{width}: the model would "
+                f"see no patch of the image; choose a patch size no larger than the image"
+            )
         if self.patch_embedding == "norm_linear" and (height % patch_h or width % patch_w):
             raise ValueError(
                 f"image size {height}x{width} is not divisible by patch size {patch_h}x{patch_w}: "
                 f"choose a patch size that divides the image size"
             )
+
+    @property
+    def has_class_token(self) -> bool:
+        return self.pool == "cls" if self.class_token is None else bool(self.class_token)
+
+    def num_layers(self) -> int:
+        return self.depth
+
+    def estimate_num_parameters(self) -> int:
+        (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
+        patches, patch_dim, dim = (height // patch_h) * (width // patch_w), patch_h * patch_w * self.channels, self.dim
+        if self.patch_embedding == "conv":
+            embed = dense_params(patch_dim, dim, self.patch_bias)
+        else:
+            embed = norm_params(patch_dim) + dense_params(patch_dim, dim) + norm_params(dim)
+        prefix = int(self.has_class_token) + self.reg_tokens + int(self.distilled)
+        tokens = (prefix + patches + (0 if self.no_embed_class else prefix)) * dim
+        project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == dim)
+        blocks = self.depth * block_params(dim, self.heads, self.dim_head, self.mlp_dim, qkv_bias=self.qkv_bias,
+                                           project_out=project_out, layer_scale=self.layer_scale_init is not None)  # fmt: skip
+        norms = norm_params(dim) * (int(self.pre_norm) + int(self.final_norm))
+        mlp = dense_params(dim, self.mlp_dim) + dense_params(self.mlp_dim, dim)
+        pool = 0
+        if self.pool == "map":  # latent query, q / kv / proj, then LayerNorm -> MLP
+            pool = dim + 4 * dense_params(dim, dim) + norm_params(dim) + mlp
+        heads = (1 + int(self.distilled)) * dense_params(dim, self.num_labels) if self.num_labels > 0 else 0
+        return embed + tokens + blocks + norms + pool + heads
 
     def to_module_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -212,7 +250,7 @@ def check_vit_options(
         raise ValueError(f"patch_embedding must be one of {PATCH_EMBEDDINGS}, got {patch_embedding!r}")
     if mlp_activation not in MLP_ACTIVATIONS:
         raise ValueError(f"mlp_activation must be one of {MLP_ACTIVATIONS}, got {mlp_activation!r}")
-    if int(reg_tokens) < 0:
+    if reg_tokens < 0:
         raise ValueError(f"reg_tokens must be >= 0, got {reg_tokens}")
     has_class_token = pool == "cls" if class_token is None else bool(class_token)
     if pool == "cls" and not has_class_token:
@@ -222,5 +260,5 @@ def check_vit_options(
             "distilled=True (DeiT) reads the class and distillation tokens: it needs pool='cls', a class token "
             "and no register tokens"
         )
-    if layer_scale_init is not None and not float(layer_scale_init) > 0:
+    if layer_scale_init is not None and not is_positive_number(layer_scale_init):
         raise ValueError(f"layer_scale_init must be a positive float or None (no LayerScale), got {layer_scale_init}")

@@ -30,6 +30,7 @@ from ...layers import (
     attend,
     check_divisible,
     check_image,
+    flatten_tokens,
     layer_norm,
     pair,
     patchify,
@@ -76,7 +77,7 @@ class ConvPatchEmbedding(nn.Module):
             param_dtype=self.param_dtype,
             name="proj",
         )(images)
-        return x.reshape(x.shape[0], -1, self.dim)  # (b, h, w, d) -> (b, h w, d), row-major like timm
+        return flatten_tokens(x)
 
 
 class AttentionPoolLatent(nn.Module):

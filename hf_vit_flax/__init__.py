@@ -9,7 +9,7 @@ with transformers' ``AutoConfig`` and ``AutoImageProcessor``, and on transformer
 from __future__ import annotations
 
 from .auto import FlaxAutoModel, FlaxAutoModelForImageClassification
-from .configuration_utils import VisionTransformerConfig, install_json_object_check
+from .configuration_utils import VisionTransformerConfig
 from .convert import from_vit_pytorch
 from .families import FAMILIES
 from .modeling_flax_utils import FlaxPreTrainedModel
@@ -55,7 +55,6 @@ def _register_auto_classes() -> None:
 
 
 _register_auto_classes()
-install_json_object_check()
 
 __all__ = [
     "FlaxAutoModel",

@@ -103,9 +103,9 @@ def _read_model_type(path: str) -> Any:
             data = json.load(f)
     except ValueError as err:
         raise ValueError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a model config: it holds a JSON {type(data).__name__}, not an object")
-    return data.get("model_type")
+    from .configuration_utils import check_json_object
+
+    return check_json_object(data, path).get("model_type")
 
 
 def _transformers_auto_class(name: str):

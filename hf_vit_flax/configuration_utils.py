@@ -110,6 +110,11 @@ class VisionTransformerConfig(PretrainedConfig):
         check_model_size(self)
 
     @classmethod
+    def _dict_from_json_file(cls, json_file):
+        # transformers' reader returns any JSON value; a list or a string then fails with a TypeError.
+        return check_json_object(super()._dict_from_json_file(json_file), json_file)
+
+    @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs):
         if not isinstance(config_dict, Mapping):
             raise TypeError(f"{cls.__name__}.from_dict takes a dict of config fields, got {type(config_dict).__name__}")
@@ -348,28 +353,14 @@ def block_params(
     return 2 * norm_params(dim) + attention + mlp + (2 * dim if layer_scale else 0)
 
 
-def install_json_object_check() -> None:
-    """Make transformers' config.json reader refuse a file that is not a JSON object, naming the file.
-
-    The Auto classes read config.json through ``PretrainedConfig`` itself, whose reader returns any
-    JSON value; a list or a string then fails with a TypeError deep inside transformers. Idempotent.
-    """
-    reader = PretrainedConfig._dict_from_json_file
-    if getattr(reader, "checks_json_object", False):
-        return
-    read = reader.__func__
-
-    def _dict_from_json_file(cls, json_file):
-        data = read(cls, json_file)
-        if not isinstance(data, dict):
-            raise ValueError(
-                f"{os.fspath(json_file)} holds a JSON {_json_kind(data)}, not an object: a config.json maps field "
-                f"names to values. Save the config again with save_pretrained."
-            )
-        return data
-
-    _dict_from_json_file.checks_json_object = True
-    PretrainedConfig._dict_from_json_file = classmethod(_dict_from_json_file)
+def check_json_object(data, json_file) -> dict:
+    """``data`` read from ``json_file`` if it is a JSON object; a ValueError naming the file otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{os.fspath(json_file)} holds a JSON {_json_kind(data)}, not an object: a config.json maps field "
+            f"names to values. Save the config again with save_pretrained."
+        )
+    return data
 
 
 def _json_kind(value) -> str:

@@ -13,7 +13,7 @@ import re
 import jax
 import numpy as np
 import pytest
-from transformers import AutoConfig, FlaxAutoModelForImageClassification
+from transformers import AutoConfig
 
 import hf_vit_flax
 from hf_vit_flax.cli import main
@@ -165,7 +165,7 @@ def test_a_config_json_that_is_not_an_object_is_a_clear_error(content, tmp_path)
     path = tmp_path / "config.json"
     path.write_text(content)
     loaders = (hf_vit_flax.ViTConfig.from_pretrained, hf_vit_flax.FlaxViTForImageClassification.from_pretrained,
-               AutoConfig.from_pretrained, FlaxAutoModelForImageClassification.from_pretrained)  # fmt: skip
+               hf_vit_flax.FlaxAutoModel.from_pretrained, hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained)  # fmt: skip
     for load in loaders:
         with pytest.raises(ValueError, match=f"{re.escape(str(path))} holds a JSON .*, not an object"):
             load(tmp_path)

@@ -152,7 +152,7 @@ def test_auto_class_refuses_a_model_type_of_another_library(tmp_path):
         with pytest.raises(ValueError, match="holds a 'deit' model.*vit_flax"):
             auto.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="not a model config"):
+    with pytest.raises(ValueError, match="holds a JSON array, not an object"):
         FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
 
 

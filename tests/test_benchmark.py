@@ -91,6 +91,44 @@ def test_a_run_writes_the_table_and_json(tmp_path):
     assert "Training step" in table and "no converter vs vit-pytorch Model: skipped" in table
 
 
+def test_the_torch_compile_anchor_and_the_machine_facts_are_recorded(tmp_path, monkeypatch):
+    """The compile anchor's code path, with torch.compile's 'eager' backend (dynamo only: seconds, not minutes)."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_min_max=true")
+    entries = [run.vit_pytorch_entry("tiny_seed", "tiny ViT", "vit_pytorch.vit.ViT", TINY_VIT)]
+    argv = ["--rounds", "1", "--min-block", "0", "--matmul-size", "64", "--no-train", "--output", str(tmp_path),
+            "--compile", "--compile-backend", "eager"]  # fmt: skip
+    result = run.main(argv, entries=entries)
+    (seed,) = result["entries"]
+    assert seed["compiled_first_call_s"] > 0 and seed["compiled_max_abs_logits_diff"] <= 1e-4
+    assert seed["batch8"]["speedup_compiled"] > 0 and seed["batch8"]["compiled_over_eager"] > 0
+    assert "compiled_s" not in seed["batch1"]  # batch 1 would compile a second graph: not timed
+    machine = result["machine"]
+    assert machine["cpu_family"] and isinstance(machine["cpu_vector_extensions"], list)
+    assert machine["torch_build"]["blas"] and machine["XLA_FLAGS_user"] == "--xla_cpu_enable_fast_min_max=true"
+    assert result["settings"]["compile"] == "all" and result["settings"]["compile_backend"] == "eager"
+    table = (tmp_path / "latest.md").read_text()
+    assert "torch.compile anchor" in table and "| tiny ViT | vit-pytorch ViT |" in table.split("torch.compile")[-1]
+
+    # --no-compile: no anchor, no table; the default compiles only the entries marked for it.
+    result = run.main([*argv[:-3], "--no-compile"], entries=entries)
+    assert "compiled_s" not in result["entries"][0]["batch8"] and result["settings"]["compile"] == "none"
+    assert run.parse_args([]).compile == "default"
+    assert {e.key for e in run.ENTRIES if e.compile} == {"vit_ti16", "vit_b16", "cait_xxs24", "crossvit_ti"}
+
+
+def test_cpu_facts_from_cpuinfo():
+    from hf_vit_flax._cpu import cpu_info
+
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    intel += "flags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: sse\n"
+    info = cpu_info(intel)
+    assert info.family == "intel-xeon-amx" and info.isa == "amx"
+    assert info.vector_extensions == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    amd = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t: avx2 fma\n"
+    assert cpu_info(amd).family == "amd-epyc-avx2"
+    assert cpu_info("").family and cpu_info().model_name  # unknown, and this machine
+
+
 def test_every_entry_is_well_formed():
     keys = [e.key for e in run.ENTRIES]
     assert len(keys) == len(set(keys))

@@ -872,6 +872,7 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore", message="TensorFlow and JAX classes are deprecated")
+    import hf_vit_flax  # noqa: F401  first, as a user would: it adds this CPU's XLA settings to XLA_FLAGS
     import jax
     import jax.numpy as jnp
 

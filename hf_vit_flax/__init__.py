@@ -6,6 +6,8 @@ Importing the package registers every family with transformers' ``AutoConfig``, 
 
 from __future__ import annotations
 
+# First: adds this CPU's XLA settings to XLA_FLAGS before anything creates jax's backends (read once).
+from . import _cpu  # noqa: F401  isort: skip
 from .configuration_utils import VisionTransformerConfig
 from .convert import from_vit_pytorch
 from .families import FAMILIES

@@ -244,3 +244,52 @@ def test_the_gpu_attention_branch_computes_the_same_attention(monkeypatch):
     for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         assert np.linalg.norm(g - w) <= 2e-2 * np.linalg.norm(w)  # bfloat16 rounding, not a different gradient
+
+
+# -- XLA:CPU settings chosen from the CPU -----------------------------------------------------------
+
+INTEL_AMX = "vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: avx2 fma avx512f amx_tile\n"
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t: avx2 fma\n"
+
+
+def test_xla_cpu_settings_follow_the_cpu_and_never_override_the_user(monkeypatch):
+    from hf_vit_flax import _cpu
+
+    (option,) = _cpu.xla_cpu_options(_cpu.cpu_info(INTEL_AMX))
+    assert option.flag == "xla_cpu_experimental_ynn_fusion_type" and option.flag_value == "reduce"
+    assert _cpu.xla_cpu_options(_cpu.cpu_info(AMD_AVX2)) == []
+
+    intel = _cpu.cpu_info(INTEL_AMX)
+    monkeypatch.setattr(_cpu, "cpu_info", lambda: intel)
+    monkeypatch.setattr(_cpu, "_backends_initialised", lambda: False)
+    environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert _cpu.set_xla_flags(environ) == ["--xla_cpu_experimental_ynn_fusion_type=reduce"]
+    assert environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_cpu_experimental_ynn_fusion_type=reduce"
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert _cpu.set_xla_flags(mine) == [] and mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    off = {_cpu.DISABLE_ENV: "0"}
+    assert _cpu.set_xla_flags(off) == [] and "XLA_FLAGS" not in off
+    monkeypatch.setattr(_cpu, "_backends_initialised", lambda: True)  # too late: XLA has read its flags
+    assert _cpu.set_xla_flags({}) == []
+
+    if jax.default_backend() == "cpu":
+        monkeypatch.setenv("XLA_FLAGS", "")
+        assert _cpu.jit_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+        assert _cpu.jit_compiler_options() == {}
+
+
+def test_the_wrapper_with_compiler_options_runs_inside_a_callers_jit_and_grad(monkeypatch):
+    """jax takes compiler options on a top-level jit only: the wrapper drops them when it is traced."""
+    from hf_vit_flax import modeling_utils
+
+    if jax.default_backend() == "cpu":
+        options = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+        monkeypatch.setattr(modeling_utils, "jit_compiler_options", lambda: options)
+    model = run._from_timm(tiny_timm_vit())
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    direct = model(images).logits
+    inside = jax.jit(lambda params, x: model(x, params=params).logits)(model.params, images)
+    np.testing.assert_allclose(inside, direct, atol=1e-5)
+    grads = jax.grad(lambda params: jnp.sum(model(images, params=params).logits ** 2))(model.params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

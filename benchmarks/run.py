@@ -254,7 +254,8 @@ def machine_info(torch_threads: int, xla_flags_user: str | None = None) -> dict[
         "cpu_vendor": cpu.vendor,
         "cpu_family": cpu.family,
         "cpu_vector_extensions": cpu.vector_extensions,
-        "cores": os.cpu_count(),
+        "cores": _usable_cores(),
+        "cores_in_machine": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -288,6 +289,13 @@ def machine_info(torch_threads: int, xla_flags_user: str | None = None) -> dict[
 
         info["vit_pytorch"] = version("vit-pytorch")
     return info
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (``taskset`` / cgroup affinity), which XLA's thread pool uses too."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _memory_gib() -> float | None:
@@ -830,7 +838,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-train", action="store_true", help="skip the training steps")
     parser.add_argument("--train-rounds", type=int, default=3, help="alternating rounds of the training steps")
     parser.add_argument("--min-block", type=float, default=0.5, help="minimum seconds of one timed block")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (all cores)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=_usable_cores(), help="torch.set_num_threads (all usable cores)"
+    )
     parser.add_argument("--xla-flags", default=None, help="XLA_FLAGS for this run (recorded with the results)")
     parser.add_argument(
         "--matmul-size",
@@ -872,9 +882,10 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
     import warnings
 
     warnings.filterwarnings("ignore", message="TensorFlow and JAX classes are deprecated")
-    import hf_vit_flax  # noqa: F401  first, as a user would: it adds this CPU's XLA settings to XLA_FLAGS
     import jax
     import jax.numpy as jnp
+
+    import hf_vit_flax  # noqa: F401  before jax starts its backends: it adds this CPU's XLA settings to XLA_FLAGS
 
     gpu = jax.default_backend() == "gpu"
     with contextlib.suppress(ImportError):

@@ -7,6 +7,8 @@ measures, alternating between the two implementations and keeping the median of 
   jitted forward called through the Hugging Face wrapper (``model(pixel_values).logits``), against
   timm / vit-pytorch under ``torch.inference_mode()``, or transformers' own ``FlaxViTForImageClassification``;
 * the first-call time of our wrapper (trace + compile + one batch-1 call) and the compile part of it;
+* timm under ``torch.compile`` (by default for the entries marked ``compile=True``): its first call and its
+  steady-state throughput, in the same alternation;
 * a training step (forward, backward, AdamW via optax, batch 8) against the same step in PyTorch;
 * the machine's matmul rate (a large jitted matmul) and each model's efficiency: model FLOPs (the
   matmul and convolution FLOPs of the forward, counted on its jaxpr) x images/s / that rate.
@@ -17,9 +19,10 @@ Usage (from the repository root)::
     python -m benchmarks.run --quick         # the small models only (~2 minutes)
     python -m benchmarks.run --only vit_b16 --rounds 3
 
-Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (``--output`` to change). Settings
-that affect speed (threads, ``XLA_FLAGS``) are part of the recorded configuration; the benchmark never
-changes a library default behind the user's back.
+Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (``--output`` to change). What decides
+the figures is recorded with them: the CPU and its vector extensions, torch's BLAS/oneDNN build, threads,
+and ``XLA_FLAGS`` (the user's, and those in effect after ``hf_vit_flax`` added its settings for this CPU);
+the benchmark itself changes no library default.
 """
 
 from __future__ import annotations

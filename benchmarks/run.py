@@ -7,6 +7,8 @@ measures, alternating between the two implementations and keeping the median of 
   jitted forward called through the Hugging Face wrapper (``model(pixel_values).logits``), against
   timm / vit-pytorch under ``torch.inference_mode()``, or transformers' own ``FlaxViTForImageClassification``;
 * the first-call time of our wrapper (trace + compile + one batch-1 call) and the compile part of it;
+* timm under ``torch.compile`` (by default for the entries marked ``compile=True``): its first call and its
+  steady-state throughput, in the same alternation;
 * a training step (forward, backward, AdamW via optax, batch 8) against the same step in PyTorch;
 * the machine's matmul rate (a large jitted matmul) and each model's efficiency: model FLOPs (the
   matmul and convolution FLOPs of the forward, counted on its jaxpr) x images/s / that rate.
@@ -17,9 +19,10 @@ Usage (from the repository root)::
     python -m benchmarks.run --quick         # the small models only (~2 minutes)
     python -m benchmarks.run --only vit_b16 --rounds 3
 
-Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (``--output`` to change). Settings
-that affect speed (threads, ``XLA_FLAGS``) are part of the recorded configuration; the benchmark never
-changes a library default behind the user's back.
+Results go to ``benchmarks/results/latest.md`` and ``latest.json`` (``--output`` to change). What decides
+the figures is recorded with them: the CPU and its vector extensions, torch's BLAS/oneDNN build, threads,
+and ``XLA_FLAGS`` (the user's, and those in effect after ``hf_vit_flax`` added its settings for this CPU);
+the benchmark itself changes no library default.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +69,7 @@ class Entry:
     image_size: int
     quick: bool = False
     train: bool = True
+    compile: bool = False  # time timm under torch.compile too by default (its first call takes minutes on a CPU)
     note: str = ""
 
 
@@ -88,14 +93,14 @@ def _from_timm(module):
         raise Skip(f"from_timm does not convert this model yet: {err}") from err
 
 
-def timm_entry(key, model, arch, image_size, quick=False, train=True, **kwargs) -> Entry:
+def timm_entry(key, model, arch, image_size, quick=False, train=True, compile=False, **kwargs) -> Entry:
     def build():
         import timm
 
         module = timm.create_model(arch, pretrained=False, **kwargs).eval()
         return module, _from_timm(module)
 
-    return Entry(key, model, f"timm {arch}", "torch", build, image_size, quick=quick, train=train)
+    return Entry(key, model, f"timm {arch}", "torch", build, image_size, quick=quick, train=train, compile=compile)
 
 
 def vit_pytorch_entry(key, model, cls_path, kwargs: dict, quick=False, train=True) -> Entry:
@@ -147,14 +152,14 @@ SEED_CROSSFORMER = dict(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 
                         local_window_size=7)  # fmt: skip
 
 ENTRIES: list[Entry] = [
-    timm_entry("vit_ti16", "ViT-Ti/16", "vit_tiny_patch16_224", 224, quick=True),
+    timm_entry("vit_ti16", "ViT-Ti/16", "vit_tiny_patch16_224", 224, quick=True, compile=True),
     timm_entry("vit_s16", "ViT-S/16", "vit_small_patch16_224", 224),
-    timm_entry("vit_b16", "ViT-B/16", "vit_base_patch16_224", 224),
+    timm_entry("vit_b16", "ViT-B/16", "vit_base_patch16_224", 224, compile=True),
     hf_flax_entry("vit_b16_hf", "ViT-B/16", "vit_base_patch16_224", 224),
     hf_flax_entry("vit_ti16_hf", "ViT-Ti/16", "vit_tiny_patch16_224", 224, quick=True),
     timm_entry("deit_s16_dist", "DeiT-S/16 distilled", "deit_small_distilled_patch16_224", 224, train=False),
-    timm_entry("cait_xxs24", "CaiT-XXS24", "cait_xxs24_224", 224, quick=True),
-    timm_entry("crossvit_ti", "CrossViT-Ti", "crossvit_tiny_240", 240, quick=True),
+    timm_entry("cait_xxs24", "CaiT-XXS24", "cait_xxs24_224", 224, quick=True, compile=True),
+    timm_entry("crossvit_ti", "CrossViT-Ti", "crossvit_tiny_240", 240, quick=True, compile=True),
     vit_pytorch_entry("seed_vit", "ViT (seed config)", "vit_pytorch.vit.ViT", SEED_VIT, quick=True),
     vit_pytorch_entry("seed_cait", "CaiT (seed config)", "vit_pytorch.cait.CaiT", SEED_CAIT),
     vit_pytorch_entry("seed_crossvit", "CrossViT (seed config)", "vit_pytorch.cross_vit.CrossViT", SEED_CROSSVIT),
@@ -237,14 +242,23 @@ def to_transformers_flax_vit(ours):
 # -- measuring ----------------------------------------------------------------------------------------
 
 
-def machine_info(torch_threads: int) -> dict[str, Any]:
+def machine_info(torch_threads: int, xla_flags_user: str | None = None) -> dict[str, Any]:
+    """What decides the figures: the CPU and its vector extensions, the libraries, torch's BLAS/oneDNN build,
+    XLA's flags (the user's, and those in effect once ``hf_vit_flax`` chose its CPU defaults)."""
     import flax
     import jax
     import jaxlib
 
+    from hf_vit_flax._cpu import cpu_info
+
+    cpu = cpu_info()
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
+        "cpu": cpu.model_name,
+        "cpu_vendor": cpu.vendor,
+        "cpu_family": cpu.family,
+        "cpu_vector_extensions": cpu.vector_extensions,
+        "cores": _usable_cores(),
+        "cores_in_machine": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -254,10 +268,11 @@ def machine_info(torch_threads: int) -> dict[str, Any]:
         "jax_backend": jax.default_backend(),
         "jax_device": str(jax.devices()[0].device_kind),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        "XLA_FLAGS_user": os.environ.get("XLA_FLAGS", "") if xla_flags_user is None else xla_flags_user,
         "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", ""),
         "load_average_start": _loadavg(),
     }
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "DNNL_MAX_CPU_ISA"):
         if os.environ.get(var):
             info[var] = os.environ[var]
     with contextlib.suppress(ImportError):
@@ -265,7 +280,8 @@ def machine_info(torch_threads: int) -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch_threads
-        info["torch_blas"] = _torch_blas(torch)
+        info["torch_build"] = _torch_build(torch)
+        info["torch_blas"] = _torch_blas(info["torch_build"])
         info["torch_cuda"] = torch.cuda.is_available()
     for name in ("timm", "vit_pytorch", "transformers", "optax"):
         with contextlib.suppress(Exception):
@@ -278,12 +294,11 @@ def machine_info(torch_threads: int) -> dict[str, Any]:
     return info
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+def _usable_cores() -> int:
+    """The cores this process may run on (``taskset`` / cgroup affinity), which XLA's thread pool uses too."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _memory_gib() -> float | None:
@@ -300,17 +315,35 @@ def _loadavg() -> list[float] | None:
     return None
 
 
-def _torch_blas(torch) -> str:
+def _torch_build(torch) -> dict[str, Any]:
+    """torch's CPU kernels: its BLAS (MKL or OpenBLAS, version), oneDNN version, the ISA its kernels dispatch to."""
+    import re
+
     config = torch.__config__.show()
+    build: dict[str, Any] = {"blas": "unknown"}
     for token in config.replace(",", " ").split():
         if token.startswith("BLAS_INFO="):
-            blas = token.split("=", 1)[1]
-            break
-    else:
-        blas = "unknown"
-    if "MKL-DNN" in config or "oneDNN" in config:
-        blas += " + oneDNN"
-    return blas
+            build["blas"] = token.split("=", 1)[1]
+    if match := re.search(r"Math Kernel Library Version ([\w.]+)", config):
+        build["mkl"] = match.group(1)
+    if match := re.search(r"(?:MKL-DNN|oneDNN) (v[\d.]+)", config):
+        build["onednn"] = match.group(1)
+    with contextlib.suppress(Exception):
+        build["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    with contextlib.suppress(Exception):
+        build["mkldnn_enabled"] = bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+    with contextlib.suppress(Exception):
+        if match := re.search(r"ATen parallel backend: (\w+)", torch.__config__.parallel_info()):
+            build["parallel"] = match.group(1)
+    return build
+
+
+def _torch_blas(build: dict[str, Any]) -> str:
+    """One line for the table: ``mkl 2024.2 + oneDNN v3.12.0, AVX512``."""
+    text = build["blas"] + (f" {build['mkl']}" if "mkl" in build else "")
+    if "onednn" in build:
+        text += f" + oneDNN {build['onednn']}"
+    return text + (f", {build['cpu_capability']}" if "cpu_capability" in build else "")
 
 
 def matmul_rate(n: int, dtype, repeats: int = 5) -> float:
@@ -432,6 +465,8 @@ class Settings:
     train: bool = True
     train_rounds: int = 3
     gpu: bool = False
+    compile: str = "default"  # torch.compile anchor: "default" (the entries marked compile=True), "all", "none"
+    compile_backend: str = "inductor"
 
 
 def _images(batch: int, size: int, seed: int = 0) -> np.ndarray:
@@ -551,6 +586,14 @@ class TorchReference:
         return run
 
 
+class TorchCompiled(TorchReference):
+    """The same PyTorch module under ``torch.compile`` (default mode: what a PyTorch user reaches for first)."""
+
+    def __init__(self, reference: TorchReference, backend: str = "inductor"):
+        self.torch, self.device, self.autocast = reference.torch, reference.device, reference.autocast
+        self.module = reference.torch.compile(reference.module, backend=backend)
+
+
 def _first_call(ours: Ours, images) -> float:
     start = time.perf_counter()
     ours.infer(images)
@@ -607,12 +650,21 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
                         jnp.zeros((1, size, size, 3), jnp.float32))  # fmt: skip
     record["gflops_per_image"] = flops / 1e9
 
+    compiled = None
+    if entry.kind == "torch" and (settings.compile == "all" or (settings.compile == "default" and entry.compile)):
+        # The first call compiles (dynamo + inductor, a cold cache: see main); then the same logits check.
+        compiled = TorchCompiled(ref, settings.compile_backend)
+        start = time.perf_counter()
+        compiled_logits = compiled.logits(many)
+        record["compiled_first_call_s"] = time.perf_counter() - start
+        record["compiled_max_abs_logits_diff"] = float(np.max(np.abs(ours_logits - compiled_logits)))
+        log(f"  torch.compile first call (batch {batch}): {record['compiled_first_call_s']:.1f} s")
+
     for label, images in (("batch1", one), (f"batch{batch}", many)):
-        timing = alternate(
-            {"ours": ours.infer_fn(images), "reference": ref.infer_fn(images)},
-            settings.rounds,
-            settings.min_block_s,
-        )
+        fns = {"ours": ours.infer_fn(images), "reference": ref.infer_fn(images)}
+        if compiled is not None and images.shape[0] == batch:  # batch 1 would compile a second graph
+            fns["compiled"] = compiled.infer_fn(images)
+        timing = alternate(fns, settings.rounds, settings.min_block_s)
         n = images.shape[0]
         record[label] = {
             "ours_s": timing.median("ours"),
@@ -626,6 +678,16 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
         }
         log(f"  {label}: speedup {record[label]['speedup']:.3f}  ours {n / timing.median('ours'):.2f} img/s  "
             f"reference {n / timing.median('reference'):.2f} img/s  efficiency {record[label]['ours_efficiency']:.0%}")  # fmt: skip
+        if "compiled" in fns:
+            record[label].update(
+                compiled_s=timing.median("compiled"),
+                compiled_images_per_s=n / timing.median("compiled"),
+                speedup_compiled=timing.ratio("compiled", "ours"),
+                compiled_over_eager=timing.ratio("reference", "compiled"),
+                compiled_efficiency=flops * n / timing.median("compiled") / rate,
+            )
+            log(f"  {label} vs torch.compile: speedup {record[label]['speedup_compiled']:.3f}  "
+                f"compiled {n / timing.median('compiled'):.2f} img/s")  # fmt: skip
     record["compile_s"] = max(record["first_call_s"] - record["batch1"]["ours_s"], 0.0)
 
     if settings.train and entry.train and entry.kind == "torch":
@@ -671,6 +733,12 @@ def _load_warning(machine: dict[str, Any]) -> list[str]:
     return []
 
 
+def _xla_flags_origin(machine: dict[str, Any]) -> str:
+    if machine.get("XLA_FLAGS", "") == machine.get("XLA_FLAGS_user", machine.get("XLA_FLAGS", "")):
+        return ""
+    return f" (the user's: {machine.get('XLA_FLAGS_user') or '(unset)'}; the rest chosen by hf_vit_flax for this CPU)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     m, rate = result["machine"], result["matmul"]
     precision = "bfloat16 computation, float32 parameters" if result["settings"]["gpu"] else "float32"
@@ -678,11 +746,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"Measured {result['date']} with `{result['command']}`"
         + ("" if result.get("complete", True) else " (interrupted: the entries measured so far)"),
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB; {m['jax_backend']} "
-        f"({m['jax_device']}); jax {m['jax']}, flax {m['flax']}, torch {m.get('torch', '-')} "
+        f"Machine: {m['cpu']} ({m.get('cpu_family', '?')}: {' '.join(m.get('cpu_vector_extensions', [])) or '?'}), "
+        f"{m['cores']} cores, {m.get('memory_gib')} GiB; {m['jax_backend']} ({m['jax_device']}); jax {m['jax']} "
+        f"(jaxlib {m.get('jaxlib', '?')}), flax {m['flax']}, torch {m.get('torch', '-')} "
         f"({m.get('torch_blas', '-')}, {m.get('torch_threads', '-')} threads), timm {m.get('timm', '-')}; "
-        f"XLA_FLAGS={m['XLA_FLAGS'] or '(unset)'}; load average {m['load_average_start']} at the start, "
-        f"{m.get('load_average_end')} at the end.",
+        f"XLA_FLAGS={m['XLA_FLAGS'] or '(unset)'}{_xla_flags_origin(m)}; load average {m['load_average_start']} "
+        f"at the start, {m.get('load_average_end')} at the end.",
         "",
         *_load_warning(m),
         f"Matmul rate ({rate['n']}x{rate['n']} {rate['dtype']}, jitted): {rate['jax_gflops']:.0f} GFLOP/s "
@@ -708,6 +777,26 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {bn['speedup']:.2f}x | {bn['ours_images_per_s']:.1f} | {bn['ours_efficiency']:.0%} "
             f"| {bn['reference_efficiency']:.0%} | {r['first_call_s']:.1f} | {r['max_abs_logits_diff']:.1e} |"
         )
+    compiled = [r for r in result["entries"] if "compiled_s" in r.get(batch_key, {})]
+    if compiled:
+        lines += [
+            "",
+            f"The torch.compile anchor (batch {result['settings']['batch']}, `torch.compile(model)` with the "
+            f"{result['settings'].get('compile_backend', 'inductor')} backend, default mode, timed in the same "
+            f"alternation; first call = dynamo + inductor with a cold cache + one batch-"
+            f"{result['settings']['batch']} call; ours: trace + compile + one batch-1 call).",
+            "",
+            "| model | reference | speedup vs torch.compile | torch.compile vs eager | compiled img/s "
+            "| compiled efficiency | compiled first call (s) | ours first call (s) |",
+            "|---|---|--:|--:|--:|--:|--:|--:|",
+        ]
+        for r in compiled:
+            bn = r[batch_key]
+            lines.append(
+                f"| {r['model']} | {r['reference']} | {bn['speedup_compiled']:.2f}x | {bn['compiled_over_eager']:.2f}x "
+                f"| {bn['compiled_images_per_s']:.1f} | {bn['compiled_efficiency']:.0%} "
+                f"| {r['compiled_first_call_s']:.1f} | {r['first_call_s']:.1f} |"
+            )
     trained = [r for r in result["entries"] if "train" in r]
     if trained:
         lines += [
@@ -752,7 +841,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-train", action="store_true", help="skip the training steps")
     parser.add_argument("--train-rounds", type=int, default=3, help="alternating rounds of the training steps")
     parser.add_argument("--min-block", type=float, default=0.5, help="minimum seconds of one timed block")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (all cores)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=_usable_cores(), help="torch.set_num_threads (all usable cores)"
+    )
     parser.add_argument("--xla-flags", default=None, help="XLA_FLAGS for this run (recorded with the results)")
     parser.add_argument(
         "--matmul-size",
@@ -760,12 +851,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="side of the square matmul that sets the rate (2048; 8192 on a GPU)",
     )
+    compile_group = parser.add_mutually_exclusive_group()
+    compile_group.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_const",
+        const="all",
+        help="time every PyTorch reference under torch.compile too (default: only the timm entries marked for it, "
+        "ViT-Ti/16, ViT-B/16, CaiT-XXS24, CrossViT-Ti; each first call takes about a minute on 2 cores)",
+    )
+    compile_group.add_argument(
+        "--no-compile", dest="compile", action="store_const", const="none", help="no torch.compile anchor"
+    )
+    parser.set_defaults(compile="default")
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend (inductor; 'eager' only checks the code path)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR, help="folder for latest.md and latest.json")
     return parser.parse_args(argv)
 
 
 def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    xla_flags_user = os.environ.get("XLA_FLAGS", "") if args.xla_flags is None else args.xla_flags
+    # torch.compile's first call is measured with a cold cache (inductor keeps compiled graphs on disk).
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="benchmarks-inductor-"))
     if args.xla_flags is not None:
         os.environ["XLA_FLAGS"] = args.xla_flags  # read when jax creates its backend, i.e. below
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -775,6 +887,8 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message="TensorFlow and JAX classes are deprecated")
     import jax
     import jax.numpy as jnp
+
+    import hf_vit_flax  # noqa: F401  before jax starts its backends: it adds this CPU's XLA settings to XLA_FLAGS
 
     gpu = jax.default_backend() == "gpu"
     with contextlib.suppress(ImportError):
@@ -788,6 +902,8 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
         train=not args.no_train,
         train_rounds=args.train_rounds,
         gpu=gpu,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
     )
     entries = entries if entries is not None else ENTRIES
     if args.only:
@@ -799,7 +915,7 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
         entries = [e for e in entries if e.quick]
 
     started = time.perf_counter()
-    machine = machine_info(args.torch_threads)
+    machine = machine_info(args.torch_threads, xla_flags_user)
     dtype = jnp.bfloat16 if gpu else jnp.float32
     n = args.matmul_size or (8192 if gpu else 2048)
     rate = {"n": n, "dtype": jnp.dtype(dtype).name, "jax_gflops": matmul_rate(n, dtype) / 1e9}

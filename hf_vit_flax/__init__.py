@@ -8,6 +8,8 @@ with transformers' ``AutoConfig`` and ``AutoImageProcessor``, and on transformer
 
 from __future__ import annotations
 
+# First: adds this CPU's XLA settings to XLA_FLAGS before anything creates jax's backends (read once).
+from . import _cpu  # noqa: F401  isort: skip
 from .auto import FlaxAutoModel, FlaxAutoModelForImageClassification
 from .configuration_utils import VisionTransformerConfig
 from .convert import from_vit_pytorch

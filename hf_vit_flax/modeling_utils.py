@@ -25,6 +25,7 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 from transformers.image_processing_utils import BaseImageProcessor
 
+from ._cpu import jit_compiler_options
 from .configuration_utils import VisionTransformerConfig
 from .image_processing import image_processor_class
 from .layers import Features  # noqa: F401  (re-exported for families)
@@ -214,8 +215,8 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
                 f"({shape[2]}, {shape[3]}) where the family supports it"
             )
 
-    def _apply(self, deterministic, output_attentions, output_hidden_states, return_dict):
-        key = (deterministic, output_attentions, output_hidden_states, return_dict, id(self.module))
+    def _apply(self, deterministic, output_attentions, output_hidden_states, return_dict, top_level=True):
+        key = (deterministic, output_attentions, output_hidden_states, return_dict, id(self.module), top_level)
         if key not in self._jitted:
             module = self.module
 
@@ -231,7 +232,10 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
                     rngs=rngs,
                 )
 
-            self._jitted[key] = jax.jit(apply)
+            # This CPU's XLA settings even when jax's backends existed before hf_vit_flax was imported
+            # (jax takes compiler options on a top-level jit only: not inside the caller's jit or grad).
+            options = jit_compiler_options() if top_level else {}
+            self._jitted[key] = jax.jit(apply, compiler_options=options or None)
         return self._jitted[key]
 
     def __call__(
@@ -259,8 +263,10 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         if getattr(pixel_values, "dtype", None) != np.float32:  # float32 arrays go to the jitted apply as they are
             pixel_values = jnp.asarray(pixel_values, dtype=jnp.float32)
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
-        apply = self._apply(not train, output_attentions, output_hidden_states, return_dict)
-        return apply(params if params is not None else self.params, pixel_values, rngs)
+        params = params if params is not None else self.params
+        top_level = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, pixel_values, rngs)))
+        apply = self._apply(not train, output_attentions, output_hidden_states, return_dict, top_level)
+        return apply(params, pixel_values, rngs)
 
     # -- image processor and prediction ---------------------------------------------------------------
     @property

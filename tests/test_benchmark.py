@@ -91,6 +91,44 @@ def test_a_run_writes_the_table_and_json(tmp_path):
     assert "Training step" in table and "no converter vs vit-pytorch Model: skipped" in table
 
 
+def test_the_torch_compile_anchor_and_the_machine_facts_are_recorded(tmp_path, monkeypatch):
+    """The compile anchor's code path, with torch.compile's 'eager' backend (dynamo only: seconds, not minutes)."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_min_max=true")
+    entries = [run.vit_pytorch_entry("tiny_seed", "tiny ViT", "vit_pytorch.vit.ViT", TINY_VIT)]
+    argv = ["--rounds", "1", "--min-block", "0", "--matmul-size", "64", "--no-train", "--output", str(tmp_path),
+            "--compile", "--compile-backend", "eager"]  # fmt: skip
+    result = run.main(argv, entries=entries)
+    (seed,) = result["entries"]
+    assert seed["compiled_first_call_s"] > 0 and seed["compiled_max_abs_logits_diff"] <= 1e-4
+    assert seed["batch8"]["speedup_compiled"] > 0 and seed["batch8"]["compiled_over_eager"] > 0
+    assert "compiled_s" not in seed["batch1"]  # batch 1 would compile a second graph: not timed
+    machine = result["machine"]
+    assert machine["cpu_family"] and isinstance(machine["cpu_vector_extensions"], list)
+    assert machine["torch_build"]["blas"] and machine["XLA_FLAGS_user"] == "--xla_cpu_enable_fast_min_max=true"
+    assert result["settings"]["compile"] == "all" and result["settings"]["compile_backend"] == "eager"
+    table = (tmp_path / "latest.md").read_text()
+    assert "torch.compile anchor" in table and "| tiny ViT | vit-pytorch ViT |" in table.split("torch.compile")[-1]
+
+    # --no-compile: no anchor, no table; the default compiles only the entries marked for it.
+    result = run.main([*argv[:-3], "--no-compile"], entries=entries)
+    assert "compiled_s" not in result["entries"][0]["batch8"] and result["settings"]["compile"] == "none"
+    assert run.parse_args([]).compile == "default"
+    assert {e.key for e in run.ENTRIES if e.compile} == {"vit_ti16", "vit_b16", "cait_xxs24", "crossvit_ti"}
+
+
+def test_cpu_facts_from_cpuinfo():
+    from hf_vit_flax._cpu import cpu_info
+
+    intel = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+    intel += "flags\t\t: fpu avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile\n\nprocessor\t: 1\nflags\t: sse\n"
+    info = cpu_info(intel)
+    assert info.family == "intel-xeon-amx" and info.isa == "amx"
+    assert info.vector_extensions == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    amd = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t: avx2 fma\n"
+    assert cpu_info(amd).family == "amd-epyc-avx2"
+    assert cpu_info("").family and cpu_info().model_name  # unknown, and this machine
+
+
 def test_every_entry_is_well_formed():
     keys = [e.key for e in run.ENTRIES]
     assert len(keys) == len(set(keys))
@@ -206,3 +244,52 @@ def test_the_gpu_attention_branch_computes_the_same_attention(monkeypatch):
     for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad), strict=True):
         g, w = np.asarray(g, np.float32), np.asarray(w, np.float32)
         assert np.linalg.norm(g - w) <= 2e-2 * np.linalg.norm(w)  # bfloat16 rounding, not a different gradient
+
+
+# -- XLA:CPU settings chosen from the CPU -----------------------------------------------------------
+
+INTEL_AMX = "vendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t: avx2 fma avx512f amx_tile\n"
+AMD_AVX2 = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\nflags\t: avx2 fma\n"
+
+
+def test_xla_cpu_settings_follow_the_cpu_and_never_override_the_user(monkeypatch):
+    from hf_vit_flax import _cpu
+
+    (option,) = _cpu.xla_cpu_options(_cpu.cpu_info(INTEL_AMX))
+    assert option.flag == "xla_cpu_experimental_ynn_fusion_type" and option.flag_value == "reduce"
+    assert _cpu.xla_cpu_options(_cpu.cpu_info(AMD_AVX2)) == []
+
+    intel = _cpu.cpu_info(INTEL_AMX)
+    monkeypatch.setattr(_cpu, "cpu_info", lambda: intel)
+    monkeypatch.setattr(_cpu, "_backends_initialised", lambda: False)
+    environ = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert _cpu.set_xla_flags(environ) == ["--xla_cpu_experimental_ynn_fusion_type=reduce"]
+    assert environ["XLA_FLAGS"] == "--xla_cpu_enable_fast_math=false --xla_cpu_experimental_ynn_fusion_type=reduce"
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=dot"}
+    assert _cpu.set_xla_flags(mine) == [] and mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    off = {_cpu.DISABLE_ENV: "0"}
+    assert _cpu.set_xla_flags(off) == [] and "XLA_FLAGS" not in off
+    monkeypatch.setattr(_cpu, "_backends_initialised", lambda: True)  # too late: XLA has read its flags
+    assert _cpu.set_xla_flags({}) == []
+
+    if jax.default_backend() == "cpu":
+        monkeypatch.setenv("XLA_FLAGS", "")
+        assert _cpu.jit_compiler_options() == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+        monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+        assert _cpu.jit_compiler_options() == {}
+
+
+def test_the_wrapper_with_compiler_options_runs_inside_a_callers_jit_and_grad(monkeypatch):
+    """jax takes compiler options on a top-level jit only: the wrapper drops them when it is traced."""
+    from hf_vit_flax import modeling_utils
+
+    if jax.default_backend() == "cpu":
+        options = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
+        monkeypatch.setattr(modeling_utils, "jit_compiler_options", lambda: options)
+    model = run._from_timm(tiny_timm_vit())
+    images = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32))
+    direct = model(images).logits
+    inside = jax.jit(lambda params, x: model(x, params=params).logits)(model.params, images)
+    np.testing.assert_allclose(inside, direct, atol=1e-5)
+    grads = jax.grad(lambda params: jnp.sum(model(images, params=params).logits ** 2))(model.params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 CONFIG_NAME = "config.json"
@@ -225,7 +226,8 @@ def corrupt_message(path: str, err) -> str:
 
 
 def check_weights(state: dict[tuple[str, ...], Any], *, source: str, allow_non_finite: bool = False) -> None:
-    not_float = [(k, v.dtype) for k, v in state.items() if not np.issubdtype(np.dtype(v.dtype), np.floating)]
+    # jnp.issubdtype, not np's: bfloat16 (an ml_dtypes extension type) is floating point to JAX only.
+    not_float = [(k, v.dtype) for k, v in state.items() if not jnp.issubdtype(v.dtype, jnp.floating)]
     if not_float:
         listed = ", ".join(f"{'/'.join(k)} ({dtype})" for k, dtype in not_float[:5])
         raise ValueError(

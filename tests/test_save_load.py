@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,6 +85,17 @@ def test_dtype_argument_does_not_leak_into_saved_config(model, x, tmp_path):
     assert "architectures" in saved and saved["architectures"] == ["ViTForImageClassification"]
     reloaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "again")
     np.testing.assert_array_equal(reloaded(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("cast", ["to_bf16", "to_fp16"])
+def test_half_precision_weights_save_and_load_as_saved(model, cast, tmp_path):
+    # bfloat16 is an ml_dtypes type that numpy does not count as floating point; it is a weight dtype.
+    params = getattr(model, cast)(model.params)
+    for safe in (True, False):
+        model.save_pretrained(tmp_path, params=params, safe_serialization=safe)
+        loaded = FlaxViTForImageClassification.from_pretrained(tmp_path)
+        want = jnp.dtype(jnp.bfloat16 if cast == "to_bf16" else jnp.float16)
+        assert {v.dtype for v in jax.tree.leaves(loaded.params)} == {want}
 
 
 def test_corrupt_and_truncated_safetensors_are_clear_errors(model, tmp_path):

@@ -136,6 +136,12 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         gradient_checkpointing: bool = False,
         **kwargs,
     ):
+        if self.module_class.with_head and config.num_labels == 0:
+            raise ValueError(
+                f"{type(self).__name__} needs a config with labels, and this one has num_labels=0 (a model without a "
+                f"classification head): use {type(self).__name__.replace('ForImageClassification', 'Model')} for "
+                f"its features, or pass num_labels=N (from_pretrained(..., num_labels=N)) for a new head to fine-tune"
+            )
         module = self.module_class(
             config=config, dtype=dtype, param_dtype=param_dtype, gradient_checkpointing=gradient_checkpointing, **kwargs
         )

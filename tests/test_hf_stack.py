@@ -246,3 +246,16 @@ def test_pixel_values_processor_class_is_pil_based(model):
     assert "Pil" in type(processor).__name__ or TRANSFORMERS_4
     pixels = processor(Image.new("RGB", (40, 40), (255, 0, 0)), return_tensors="np")["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
+
+
+def test_a_headless_checkpoint_is_a_clear_error_for_the_classifier_or_gets_a_new_head(tmp_path, x):
+    config = ViTConfig(**{**CONFIG, "num_classes": 0})
+    base = FlaxViTModel(config, seed=2)
+    base.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_labels=0.*FlaxViTModel.*num_labels=N"):
+        FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
+    classifier = FlaxViTForImageClassification.from_pretrained(tmp_path, num_labels=3)
+    assert classifier(x).logits.shape == (2, 3)
+    np.testing.assert_array_equal(
+        classifier(x, output_hidden_states=True).hidden_states[-1], base(x, output_hidden_states=True).hidden_states[-1]
+    )

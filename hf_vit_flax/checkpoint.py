@@ -266,7 +266,7 @@ def save_weights(folder: str, flat: dict[str, Any], *, safe_serialization: bool,
         flat,
         get_storage_size=lambda array: int(array.nbytes),
         filename_pattern="model{suffix}.safetensors",
-        max_shard_size=max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE,
+        max_shard_size=_parse_size(max_shard_size if max_shard_size is not None else DEFAULT_MAX_SHARD_SIZE),
     )
     for filename, keys in split.filename_to_tensors.items():
         save_file({k: flat[k] for k in keys}, os.path.join(folder, filename), metadata={"format": "flax"})
@@ -282,10 +282,20 @@ def _total_bytes(flat: dict[str, Any]) -> int:
     return sum(int(v.nbytes) for v in flat.values())
 
 
+_BINARY_UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
 def _parse_size(size) -> int:
+    """Bytes in ``size``: an int, or "10GB" / "150kB" (powers of 1000) or "5GiB" / "150kiB" (powers of
+    1024), the units transformers' ``save_pretrained`` takes (huggingface_hub's parser has no binary ones)."""
     from huggingface_hub.serialization._base import parse_size_to_int
 
-    return size if isinstance(size, int) else parse_size_to_int(size)
+    if isinstance(size, int):
+        return size
+    unit = size.strip()[-3:].upper()
+    if unit in _BINARY_UNITS:
+        return int(float(size.strip()[:-3]) * _BINARY_UNITS[unit])
+    return parse_size_to_int(size)
 
 
 def _write_bytes(path: str, data: bytes) -> None:

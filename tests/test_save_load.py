@@ -135,3 +135,14 @@ def test_save_into_a_file_path_is_refused(model, tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         model.save_pretrained(target)
     assert target.read_text() == "precious"
+
+
+def test_max_shard_size_takes_transformers_units(model, tmp_path):
+    # transformers' save_pretrained takes "5GiB" / "150kiB" (powers of 1024) as well as "150kB".
+    from hf_vit_flax.checkpoint import _parse_size
+
+    assert [_parse_size(s) for s in ("150kB", "150kiB", "2MiB", 7)] == [150_000, 150 * 2**10, 2 * 2**20, 7]
+    model.save_pretrained(tmp_path, max_shard_size="20kiB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.json")
+    np.testing.assert_array_equal(FlaxViTForImageClassification.from_pretrained(tmp_path)(images(1, 32, 32)).logits,
+                                  model(images(1, 32, 32)).logits)  # fmt: skip

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
 pytest.importorskip("torch")
 pytest.importorskip("optax")
@@ -41,6 +42,7 @@ def test_count_flops_dense_conv_and_nested_calls():
     assert run.count_flops(conv, img, kernel) == 2 * (2 * 2 * 2 * 5) * (2 * 2 * 3)
 
 
+@pytest.mark.skipif(not hasattr(transformers, "FlaxViTForImageClassification"), reason="transformers 5 has no FlaxViT")
 def test_transformers_flax_vit_holds_the_same_weights():
     ours = run._from_timm(tiny_timm_vit())
     theirs = run.to_transformers_flax_vit(ours)
@@ -78,7 +80,11 @@ def test_a_run_writes_the_table_and_json(tmp_path):
     result = run.main(argv, entries=entries)
 
     seed, hf, missing = result["entries"]
-    assert seed["max_abs_logits_diff"] <= 1e-4 and hf["max_abs_logits_diff"] <= 1e-4
+    assert seed["max_abs_logits_diff"] <= 1e-4
+    if hasattr(transformers, "FlaxViTForImageClassification"):
+        assert hf["max_abs_logits_diff"] <= 1e-4
+    else:  # transformers 5: the FlaxViT anchor is recorded as not runnable, and the run goes on
+        assert "FlaxViTForImageClassification" in hf["failed"]
     assert seed["gflops_per_image"] > 0 and seed["params"] > 0
     assert {"batch1", "batch8", "train"} <= set(seed) and "train" not in hf  # no training step for a Flax reference
     assert seed["batch8"]["speedup"] > 0 and seed["train"]["speedup"] > 0
@@ -87,7 +93,9 @@ def test_a_run_writes_the_table_and_json(tmp_path):
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["machine"]["cores"] >= 1 and saved["matmul"]["jax_gflops"] > 0
     table = (tmp_path / "latest.md").read_text()
-    assert "| tiny ViT | vit-pytorch ViT |" in table and "| tiny ViT | transformers FlaxViT |" in table
+    assert "| tiny ViT | vit-pytorch ViT |" in table
+    if hasattr(transformers, "FlaxViTForImageClassification"):
+        assert "| tiny ViT | transformers FlaxViT |" in table
     assert "Training step" in table and "no converter vs vit-pytorch Model: skipped" in table
 
 

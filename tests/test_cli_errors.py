@@ -296,7 +296,7 @@ def test_predict_unreadable_image(tmp_path, capsys, monkeypatch, classifier, dam
     else:  # PIL raises DecompressionBombError (not an OSError) above twice this many pixels
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     code, err = run(capsys, "predict", classifier, path)
-    assert_user_error(code, err, f"cannot read image {path}", command="predict")
+    assert_user_error(code, err, f"cannot read image {str(path)!r}", command="predict")
 
 
 # -- --debug and real bugs ---------------------------------------------------------------------------------

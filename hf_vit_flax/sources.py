@@ -72,8 +72,8 @@ class Source:
                 raise ValueError(f"the CrossFormer config {self.config} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(
-                f"the CrossFormer config {self.config} holds a JSON {type(data).__name__}, not an object: give the "
-                f"release's constructor arguments or a config.json written by save_pretrained"
+                f"the CrossFormer config {self.config} holds a JSON {type(data).__name__}, not an object: expected an "
+                f"object of the release's constructor arguments, or a config.json written by save_pretrained"
             )
         # Our config.json names its model_type; anything else is the release's constructor arguments.
         return CrossFormerConfig.from_dict(data) if "model_type" in data else data

@@ -8,6 +8,15 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Parity is checked in full float32 precision (TF32 matmuls on GPUs would miss 1e-5).
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# Compiled programs go to an on-disk cache shared by the test workers and the subprocesses they start:
+# the suite builds the same small models in many tests, and compiling them is most of its time.
+# The cache key covers the program, the compiler options, XLA_FLAGS and the jax version.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))  # least recently used entries go first
 
 
 import pytest  # noqa: E402

@@ -28,7 +28,7 @@ from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
 from transformers.image_processing_utils import BaseImageProcessor
 
-from ._cpu import jit_compiler_options
+from ._cpu import init_compiler_options, jit_compiler_options
 from .configuration_utils import VisionTransformerConfig
 from .image_processing import image_processor_class
 from .layers import Features  # noqa: F401  (re-exported for families)
@@ -164,7 +164,10 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         pixel_values = jnp.zeros(input_shape, dtype=jnp.float32)
         params_rng, dropout_rng = jax.random.split(rng)
         # Jitted: an eager init dispatches every op on its own (minutes for the larger families).
-        init = jax.jit(self.module.init, static_argnames="return_dict")
+        # (compiler options are for a top-level jit only: not under eval_shape or a caller's jit).
+        traced = isinstance(rng, jax.core.Tracer)
+        options = {} if traced else init_compiler_options(self.config.estimate_num_parameters())
+        init = jax.jit(self.module.init, static_argnames="return_dict", compiler_options=options or None)
         random_params = init({"params": params_rng, "dropout": dropout_rng}, pixel_values, return_dict=False)["params"]
         if params is None:
             return random_params

@@ -24,13 +24,16 @@ Dtype = Any
 class Features(NamedTuple):
     """What every family's ``forward_features`` returns (the vocabulary of the HF wrappers).
 
-    ``hidden_states`` / ``attentions`` are tuples when asked for, else ``None``.
+    ``hidden_states`` / ``attentions`` are tuples of arrays when asked for, else ``None``;
+    ``hidden_states[-1]`` is the last block's output. ``extra`` holds a family's further outputs by
+    name (the fields its output classes add, e.g. CrossViT's large branch), or ``None``.
     """
 
     last_hidden_state: jax.Array
     pooler_output: jax.Array
     hidden_states: tuple | None = None
     attentions: tuple | None = None
+    extra: dict | None = None
 
 
 class SeedModel(nn.Module):
@@ -45,6 +48,17 @@ class SeedModel(nn.Module):
     headless_output: ClassVar[str] = "last_hidden_state"
     # The classification head, a module whose fields are a subset of the seed module's (same names).
     head_class: ClassVar[type[nn.Module]]
+    # The family's config class: its ``field_checks`` validate this module's fields of the same name.
+    config_class: ClassVar[type]
+
+    def __post_init__(self):
+        super().__post_init__()
+        # The same per-field errors as the config's (``ViT(patch_size=0)`` names the field instead of
+        # failing inside the forward pass with a ZeroDivisionError).
+        names = {f.name for f in dataclasses.fields(self)}
+        for name, check in self.config_class.field_checks.items():
+            if name in names:
+                check(name, getattr(self, name))
 
     @classmethod
     def head_module(cls, kwargs: dict) -> nn.Module:

@@ -45,6 +45,8 @@ class _ShellModule(nn.Module):
     seed_module_class: ClassVar[type[nn.Module]]
     base_model_prefix: ClassVar[str]
     with_head: ClassVar[bool] = False
+    # The transformers output class; a family with further outputs (``Features.extra``) subclasses it.
+    output_class: ClassVar[type]
 
     def setup(self):
         kwargs = {**self.config.to_module_kwargs(), "dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -83,29 +85,33 @@ class _ShellModule(nn.Module):
 class FlaxBackboneModule(_ShellModule):
     """Features only: ``last_hidden_state`` (the normed tokens) and ``pooler_output``."""
 
+    output_class: ClassVar[type] = FlaxBaseModelOutputWithPooling
+
     def outputs(self, features: Features, return_dict: bool):
-        if not return_dict:
-            return tuple(v for v in features if v is not None)
-        return FlaxBaseModelOutputWithPooling(
+        output = self.output_class(
             last_hidden_state=features.last_hidden_state,
             pooler_output=features.pooler_output,
             hidden_states=features.hidden_states,
             attentions=features.attentions,
+            **(features.extra or {}),
         )
+        return output if return_dict else output.to_tuple()
 
 
 class FlaxClassifierModule(_ShellModule):
     """Features, then the family's own classification head."""
 
     with_head: ClassVar[bool] = True
+    output_class: ClassVar[type] = FlaxSequenceClassifierOutput
 
     def outputs(self, features: Features, return_dict: bool):
-        logits = self.classifier(features.pooler_output)
-        if not return_dict:
-            return tuple(v for v in (logits, features.hidden_states, features.attentions) if v is not None)
-        return FlaxSequenceClassifierOutput(
-            logits=logits, hidden_states=features.hidden_states, attentions=features.attentions
+        output = self.output_class(
+            logits=self.classifier(features.pooler_output),
+            hidden_states=features.hidden_states,
+            attentions=features.attentions,
+            **(features.extra or {}),
         )
+        return output if return_dict else output.to_tuple()
 
 
 class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):

@@ -223,17 +223,21 @@ def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
 
 
 def test_outputs_hidden_states_attentions_and_tuples(small):
+    # transformers' structure: tuples of arrays, the small branch in hidden_states / attentions, the large
+    # branch in lg_hidden_states / lg_attentions; hidden_states[-1] is the last block's output.
     x = images(2, 32, 32)
     config = small.config
     out = small(x, output_hidden_states=True, output_attentions=True)
-    assert len(out.hidden_states) == config.depth + 1
-    sm, lg = out.hidden_states[-1]
-    assert sm.shape == (2, 1 + 16, 32) and lg.shape == (2, 1 + 4, 48)
-    assert len(out.attentions) == config.depth
-    sm_attn, lg_attn = out.attentions[0]
-    assert len(sm_attn) == config.sm_enc_depth and len(lg_attn) == config.lg_enc_depth
-    assert sm_attn[0].shape == (2, 2, 17, 17) and lg_attn[0].shape == (2, 3, 5, 5)
-    np.testing.assert_allclose(np.asarray(lg_attn[-1]).sum(-1), 1.0, rtol=1e-5)
+    assert len(out.hidden_states) == len(out.lg_hidden_states) == config.depth + 1
+    assert out.hidden_states[-1].shape == (2, 1 + 16, 32) and out.lg_hidden_states[-1].shape == (2, 1 + 4, 48)
+    assert len(out.attentions) == config.depth * config.sm_enc_depth
+    assert len(out.lg_attentions) == config.depth * config.lg_enc_depth
+    assert out.attentions[0].shape == (2, 2, 17, 17) and out.lg_attentions[0].shape == (2, 3, 5, 5)
+    np.testing.assert_allclose(np.asarray(out.lg_attentions[-1]).sum(-1), 1.0, rtol=1e-5)
+    features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"], output_hidden_states=True)
+    np.testing.assert_array_equal(features.hidden_states[-1], features.last_hidden_state)  # no final norm in vit-pytorch
+    assert small(x).lg_hidden_states is None and "lg_attentions" not in small(x)
+    assert len(small(x, return_dict=False, output_hidden_states=True)) == 3  # logits, hidden_states, lg_hidden_states
     logits, *_ = small(x, return_dict=False)
     np.testing.assert_allclose(logits, out.logits, atol=1e-5)
     features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"])

@@ -419,6 +419,7 @@ class CaiT(SeedModel):
     param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
+    config_class = CaiTConfig
 
     def setup(self):
         validate_cait(

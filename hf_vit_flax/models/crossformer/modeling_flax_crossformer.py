@@ -375,6 +375,7 @@ class CrossFormer(SeedModel):
     param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
+    config_class = CrossFormerConfig
 
     def _architecture(self) -> dict[str, Any]:
         return dict(

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,7 @@ from ...layers import (
     pair,
     remat_if,
 )
+from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_crossvit import CrossViTConfig, check_crossvit_arguments
@@ -475,6 +477,7 @@ class CrossViT(SeedModel):
     param_dtype: Dtype = jnp.float32
 
     head_class = CrossViTHead
+    config_class = CrossViTConfig
 
     @property
     def branch_image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -537,10 +540,13 @@ class CrossViT(SeedModel):
             pooler_output: both branches' pooled features concatenated, ``(batch, sm_dim + lg_dim)``: the
                 class tokens (or patch-token means), what ``forward_head`` splits and classifies (timm's
                 ``pre_logits``);
-            hidden_states: when asked, per stage (the embeddings, then each multi-scale block's output)
-                a pair ``(sm_tokens, lg_tokens)``;
-            attentions: when asked, per multi-scale block a pair ``(sm, lg)`` of tuples of the branch
-                encoder blocks' self-attention probabilities ``(batch, heads, tokens, tokens)``.
+            hidden_states: when asked, the small-patch branch's tokens ``(batch, 1 + patches, sm_dim)``
+                per stage: the embeddings, then each multi-scale block's output (``hidden_states[-1]``
+                is the last block's, before timm's final norm);
+            attentions: when asked, the small-patch branch's self-attention probabilities
+                ``(batch, heads, tokens, tokens)``, one per encoder block in order (all multi-scale blocks);
+            extra: the large-patch branch's, in the same structure, as ``lg_hidden_states`` and
+                ``lg_attentions`` (fields of the Hugging Face output classes; ``None`` unless asked).
         """
         check_image(img, pair(self.image_size), self.channels, family="CrossViT")
         img = img.astype(self.dtype)
@@ -548,31 +554,56 @@ class CrossViT(SeedModel):
         sm_size, lg_size = self.branch_image_sizes
         sm = self.sm_embed(self._branch_input(img, sm_size), deterministic=deterministic)
         lg = self.lg_embed(self._branch_input(img, lg_size), deterministic=deterministic)
-        hidden_states = ((sm, lg),) if output_hidden_states else None
-        attentions = () if output_attentions else None
+        hidden_states, attentions = ([sm], [lg]), ([], [])
         for block in self.blocks:
-            sm, lg, weights = block(sm, lg, deterministic, output_attentions)
-            if output_hidden_states:
-                hidden_states += ((sm, lg),)
+            sm, lg, (sm_weights, lg_weights) = block(sm, lg, deterministic, output_attentions)
+            hidden_states[0].append(sm)
+            hidden_states[1].append(lg)
             if output_attentions:
-                attentions += (weights,)
+                attentions[0].extend(sm_weights)
+                attentions[1].extend(lg_weights)
         if self.style == "timm":
             sm, lg = self.sm_norm(sm), self.lg_norm(lg)
         pooled = jnp.concatenate([self._pool(sm), self._pool(lg)], axis=-1)
-        return Features(sm, pooled, hidden_states, attentions)
+        hidden_states = tuple(map(tuple, hidden_states)) if output_hidden_states else (None, None)
+        attentions = tuple(map(tuple, attentions)) if output_attentions else (None, None)
+        extra = {"lg_hidden_states": hidden_states[1], "lg_attentions": attentions[1]}
+        return Features(sm, pooled, hidden_states[0], attentions[0], extra)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
+@flax.struct.dataclass
+class FlaxCrossViTModelOutput(FlaxBaseModelOutputWithPooling):
+    """transformers' ``FlaxBaseModelOutputWithPooling`` (its ``hidden_states`` and ``attentions`` are the
+    small-patch branch's) plus the large-patch branch's: ``lg_hidden_states`` (the embeddings, then each
+    multi-scale block's output, ``(batch, 1 + patches, lg_dim)``) and ``lg_attentions`` (one
+    ``(batch, heads, tokens, tokens)`` per encoder block), when asked for."""
+
+    lg_hidden_states: tuple | None = None
+    lg_attentions: tuple | None = None
+
+
+@flax.struct.dataclass
+class FlaxCrossViTImageClassifierOutput(FlaxSequenceClassifierOutput):
+    """transformers' ``FlaxSequenceClassifierOutput`` plus the large-patch branch's ``lg_hidden_states``
+    and ``lg_attentions`` (see :class:`FlaxCrossViTModelOutput`)."""
+
+    lg_hidden_states: tuple | None = None
+    lg_attentions: tuple | None = None
+
+
 class FlaxCrossViTModule(FlaxBackboneModule):
     seed_module_class = CrossViT
     base_model_prefix = "crossvit"
+    output_class = FlaxCrossViTModelOutput
 
 
 class FlaxCrossViTForImageClassificationModule(FlaxClassifierModule):
     seed_module_class = CrossViT
     base_model_prefix = "crossvit"
+    output_class = FlaxCrossViTImageClassifierOutput
 
 
 class FlaxCrossViTPreTrainedModel(FlaxVisionPreTrainedModel):
@@ -583,12 +614,18 @@ class FlaxCrossViTPreTrainedModel(FlaxVisionPreTrainedModel):
 
 class FlaxCrossViTModel(FlaxCrossViTPreTrainedModel):
     """CrossViT features: ``last_hidden_state`` (the small-patch branch's tokens) and ``pooler_output``
-    (both branches' class tokens, concatenated: ``(batch, sm_dim + lg_dim)``)."""
+    (both branches' class tokens, concatenated: ``(batch, sm_dim + lg_dim)``).
+
+    With ``output_hidden_states`` / ``output_attentions``, ``hidden_states`` / ``attentions`` are the
+    small-patch branch's (tuples of arrays, as in every transformers model) and ``lg_hidden_states`` /
+    ``lg_attentions`` the large-patch branch's (:class:`FlaxCrossViTModelOutput`)."""
 
     module_class = FlaxCrossViTModule
 
 
 class FlaxCrossViTForImageClassification(FlaxCrossViTPreTrainedModel):
-    """CrossViT with its two classification heads; ``logits`` of shape ``(batch, num_labels)``."""
+    """CrossViT with its two classification heads; ``logits`` of shape ``(batch, num_labels)``, and the
+    branches' ``hidden_states`` / ``lg_hidden_states`` and ``attentions`` / ``lg_attentions`` when asked for
+    (:class:`FlaxCrossViTImageClassifierOutput`)."""
 
     module_class = FlaxCrossViTForImageClassificationModule

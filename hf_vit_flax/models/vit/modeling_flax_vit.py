@@ -176,6 +176,7 @@ class ViT(SeedModel):
     param_dtype: Any = jnp.float32
 
     head_class = ViTHead
+    config_class = ViTConfig
 
     @property
     def has_class_token(self) -> bool:

@@ -201,7 +201,7 @@ def to_transformers_flax_vit(ours):
         hidden_act="gelu", layer_norm_eps=cfg.layer_norm_eps, image_size=cfg.image_size, patch_size=cfg.patch_size,
         num_channels=cfg.channels, qkv_bias=True, num_labels=cfg.num_labels,
     )  # fmt: skip
-    p = ours.params[ours.base_model_prefix]
+    p = ours.module_params()["params"]
     dim = cfg.dim
     layers = {}
     for i in range(cfg.depth):
@@ -619,7 +619,7 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
         return {**record, "skipped": str(err)}
     if settings.gpu:
         ours_model = type(ours_model).from_params(
-            ours_model.config, ours_model.params[ours_model.base_model_prefix], dtype=jnp.bfloat16
+            ours_model.config, ours_model.module_params()["params"], dtype=jnp.bfloat16
         )
         if entry.kind == "hf_flax":
             reference = to_transformers_flax_vit(ours_model)

@@ -8,6 +8,7 @@ LayerNorm statistics are always computed in float32. Parameter names follow timm
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
@@ -42,12 +43,46 @@ class SeedModel(nn.Module):
     """
 
     headless_output: ClassVar[str] = "last_hidden_state"
+    # The classification head, a module whose fields are a subset of the seed module's (same names).
+    head_class: ClassVar[type[nn.Module]]
+
+    @classmethod
+    def head_module(cls, kwargs: dict) -> nn.Module:
+        """The family's head built from seed-module keyword arguments (the fields it does not take are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls.head_class)} - {"parent", "name"}
+        return cls.head_class(**{k: v for k, v in kwargs.items() if k in names})
+
+    def setup_head(self) -> None:
+        """Create the head (with ``num_classes > 0``) in this module's own scope: its parameters sit at the
+        top level (``head``, ``sm_head`` ...), where checkpoints and converters name them. The HF classifier
+        shell builds the same head next to the headless seed module, so both share one implementation."""
+        if self.num_classes > 0:
+            names = {f.name for f in dataclasses.fields(self.head_class)} - {"parent", "name"}
+            self.classifier = self.head_module({k: getattr(self, k) for k in names})
+            nn.share_scope(self, self.classifier)
+
+    def forward_head(self, pooled):
+        return self.classifier(pooled)
 
     def __call__(self, img, train: bool = False):
         features = self.forward_features(img, train=train)
         if self.num_classes <= 0:
             return getattr(features, self.headless_output)
         return self.forward_head(features.pooler_output)
+
+
+class LinearHead(nn.Module):
+    """A single ``Linear`` head named ``head`` (timm's and vit-pytorch's for most families)."""
+
+    num_classes: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def __call__(self, pooled):
+        return self.head(pooled)
 
 
 def pair(value: int | Sequence[int]) -> tuple[int, int]:

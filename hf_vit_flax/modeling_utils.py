@@ -5,9 +5,12 @@ A family provides a seed-API linen module (``ViT``, ``CaiT`` ...) with three met
 ``forward_head(pooler_output) -> logits`` and ``__call__(img, train=False) -> logits``.
 Everything here is written once against that vocabulary:
 
-* ``FlaxBackboneModule`` / ``FlaxClassifierModule``: config-driven linen shells that hold the seed
-  module under ``base_model_prefix`` (so the parameters of a ``Flax<Family>ForImageClassification``
-  under that key are exactly the seed module's, and a head checkpoint loads into the base model).
+* ``FlaxBackboneModule`` / ``FlaxClassifierModule``: config-driven linen shells around the headless
+  seed module, in transformers' Flax parameter layout: a ``Flax<Family>Model``'s parameters are the bare
+  backbone tree; a ``Flax<Family>ForImageClassification``'s are ``{base_model_prefix: backbone,
+  <head names>: head}``, the head (the family's own head module, same parameter names as in the seed
+  module) outside the prefix. ``params[base_model_prefix]`` moves between the two, and a checkpoint of
+  either loads into the other.
 * ``FlaxVisionPreTrainedModel``: NCHW ``pixel_values`` in (transposed once, here), a jitted apply,
   safetensors by default, a model card and image processor saved with the weights, strict loading,
   and work-arounds for the transformers 4.x Flax bugs listed in the README.
@@ -44,13 +47,14 @@ class _ShellModule(nn.Module):
     with_head: ClassVar[bool] = False
 
     def setup(self):
-        kwargs = self.config.to_module_kwargs()
-        if not self.with_head:
-            kwargs["num_classes"] = 0
-        backbone = self.seed_module_class(
-            **kwargs, dtype=self.dtype, param_dtype=self.param_dtype, remat=self.gradient_checkpointing
-        )
+        kwargs = {**self.config.to_module_kwargs(), "dtype": self.dtype, "param_dtype": self.param_dtype}
+        backbone = self.seed_module_class(**{**kwargs, "num_classes": 0}, remat=self.gradient_checkpointing)
         setattr(self, self.base_model_prefix, backbone)
+        if self.with_head:  # {prefix: backbone, head names: head}, as transformers' Flax heads
+            self.classifier = self.seed_module_class.head_module(kwargs)
+            nn.share_scope(self, self.classifier)
+        else:  # the bare backbone tree, as transformers' Flax base models
+            nn.share_scope(self, backbone)
 
     def features(self, pixel_values, deterministic: bool, output_attentions: bool, output_hidden_states: bool):
         return getattr(self, self.base_model_prefix).forward_features(
@@ -96,7 +100,7 @@ class FlaxClassifierModule(_ShellModule):
     with_head: ClassVar[bool] = True
 
     def outputs(self, features: Features, return_dict: bool):
-        logits = getattr(self, self.base_model_prefix).forward_head(features.pooler_output)
+        logits = self.classifier(features.pooler_output)
         if not return_dict:
             return tuple(v for v in (logits, features.hidden_states, features.attentions) if v is not None)
         return FlaxSequenceClassifierOutput(
@@ -122,7 +126,8 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
     config_class = VisionTransformerConfig
     main_input_name = "pixel_values"
     module_class: type[_ShellModule] = None
-    # Top-level parameter names (under ``base_model_prefix``) that belong to the classification head.
+    # Top-level parameter names of the classification head (next to ``base_model_prefix`` in a classifier's
+    # parameters, and at the top level of the seed module's).
     head_param_names: ClassVar[tuple[str, ...]] = ("head",)
 
     def __init__(
@@ -171,19 +176,48 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         return freeze(unflatten_dict(params))
 
     @classmethod
+    def has_head(cls) -> bool:
+        """Whether the model has a classification head (``Flax<Family>ForImageClassification``)."""
+        return cls.module_class.with_head
+
+    def module_params(self, params: dict | None = None) -> dict:
+        """``{"params": ...}`` as the family's seed module (``hf_vit_flax.ViT(...)`` etc.) takes it in ``apply``.
+
+        The seed module holds backbone and head in one tree; this model holds them in transformers'
+        layout (see :mod:`hf_vit_flax.modeling_utils`). ``params`` defaults to the model's own.
+        """
+        params = unfreeze(params if params is not None else self.params)
+        if not self.has_head():
+            return {"params": dict(params)}
+        heads = {k: v for k, v in params.items() if k in self.head_param_names}
+        return {"params": {**params[self.base_model_prefix], **heads}}
+
+    @classmethod
+    def params_from_module(cls, seed_params: dict) -> dict:
+        """The inverse of :meth:`module_params`: a seed-module parameter tree in this model's layout."""
+        seed_params = unfreeze(seed_params)
+        seed_params = seed_params.get("params", seed_params) if set(seed_params) == {"params"} else seed_params
+        if not cls.has_head():
+            return dict(seed_params)
+        heads = {k: v for k, v in seed_params.items() if k in cls.head_param_names}
+        body = {k: v for k, v in seed_params.items() if k not in cls.head_param_names}
+        return {cls.base_model_prefix: body, **heads}
+
+    @classmethod
     def from_params(cls, config: VisionTransformerConfig, seed_params: dict, **kwargs):
         """A model holding ``seed_params`` (the family's seed-module parameters, e.g. from a converter).
 
         The tree is checked strictly against the model's (every missing, unexpected or mis-shaped key
-        is named); the model is built without a random initialisation.
+        is named), then placed into the model's layout; the model is built without a random
+        initialisation.
         """
         from .conversion_utils import check_tree
 
         model = cls(config, _do_init=False, **kwargs)
-        expected = unfreeze(model.params_shape_tree)[cls.base_model_prefix]
+        expected = model.module_params(model.params_shape_tree)["params"]
         params = check_tree(seed_params, expected, f"{cls.__name__} ({config.model_type})")
         model._is_initialized = True
-        model.params = {cls.base_model_prefix: jax.tree.map(jnp.asarray, params)}
+        model.params = cls.params_from_module(jax.tree.map(jnp.asarray, params))
         return model
 
     def enable_gradient_checkpointing(self) -> None:
@@ -307,15 +341,24 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         self._image_processor = load_image_processor(location)
 
     def _checkpoint_to_model_keys(self, state: dict) -> dict:
-        # A checkpoint of the base model and one of the classifier both hold the backbone under
-        # ``base_model_prefix``; transformers' own Flax checkpoints of a base model may omit it.
-        prefix = self.base_model_prefix
-        return {(key if key[0] == prefix else (prefix, *key)): value for key, value in state.items()}
+        # Checkpoints come in three layouts: a base model's (the bare backbone), a classifier's
+        # ({prefix: backbone, head names: head}), and the one this package wrote before it followed
+        # transformers (everything under the prefix, the head included: prefix/head/...). Each key is
+        # read as a backbone or a head key, then placed where this model keeps it.
+        prefix, heads = self.base_model_prefix, self.head_param_names
+        mapped = {}
+        for key, value in state.items():
+            if key[0] == prefix and len(key) > 1:
+                key = key[1:]
+            if key[0] not in heads and self.has_head():
+                key = (prefix, *key)
+            mapped[key] = value
+        return mapped
 
     def _optional_key(self, key: tuple) -> bool:
         # Only the classification head may be absent (a backbone checkpoint loaded for fine-tuning) or
         # extra (a classifier checkpoint loaded into the base model).
-        return len(key) > 1 and key[0] == self.base_model_prefix and key[1] in self.head_param_names
+        return len(key) > 1 and key[0] in self.head_param_names
 
 
 def load_image_processor(location) -> BaseImageProcessor | None:

@@ -99,10 +99,10 @@ def test_dtype_casts_and_init_weights(model, x):
     assert all(v.dtype == jnp.bfloat16 for v in jax_leaves(half))
     assert all(v.dtype == jnp.float32 for v in jax_leaves(model.to_fp32(half)))
     assert all(v.dtype == jnp.float16 for v in jax_leaves(model.to_fp16(model.params)))
-    mask = unflatten_dict({k: k[1] != "head" for k in flatten_dict(model.params)})
+    mask = unflatten_dict({k: k[0] != "head" for k in flatten_dict(model.params)})
     masked = model.to_bf16(model.params, mask)
-    assert masked["vit"]["head"]["kernel"].dtype == jnp.float32
-    others = [v for k, v in flatten_dict(masked).items() if k[1] != "head"]
+    assert masked["head"]["kernel"].dtype == jnp.float32
+    others = [v for k, v in flatten_dict(masked).items() if k[0] != "head"]
     assert others and all(v.dtype == jnp.bfloat16 for v in others)
     fresh = model.init_weights(model.key, model.input_shape)
     assert set(flatten_dict(fresh)) == set(flatten_dict(model.params))
@@ -116,7 +116,7 @@ def test_do_init_false_returns_model_and_params(model, x, tmp_path):
     np.testing.assert_array_equal(lazy(x, params=params).logits, model(x).logits)
     # The base model takes the classifier's checkpoint without its head, strictly checked.
     base, base_params = FlaxAutoModel.from_pretrained(tmp_path, _do_init=False)
-    assert type(base) is FlaxViTModel and "head" not in base_params["vit"]
+    assert type(base) is FlaxViTModel and "head" not in base_params and "vit" not in base_params
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path, broken)
     other = FlaxViTForImageClassification(ViTConfig(**{**CONFIG, "depth": 2}))

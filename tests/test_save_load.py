@@ -43,14 +43,14 @@ def test_save_load_auto_classes_exact(model, x, tmp_path):
     base = FlaxAutoModel.from_pretrained(tmp_path)  # a classification checkpoint into the base model
     assert type(base) is FlaxViTModel
     seed_module = ViT(**model.config.to_module_kwargs())
-    features = seed_module.apply({"params": model.params["vit"]}, x.transpose(0, 2, 3, 1), method="forward_features")
+    features = seed_module.apply(model.module_params(), x.transpose(0, 2, 3, 1), method="forward_features")
     np.testing.assert_allclose(base(x).pooler_output, features.pooler_output, atol=1e-6)
     assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__ == "ViTImageProcessor"
 
 
 def test_base_checkpoint_into_classifier_and_back(model, x, tmp_path):
     base = FlaxViTModel(model.config, _do_init=False)
-    base_params = {"vit": {k: v for k, v in model.params["vit"].items() if k != "head"}}
+    base_params = model.params["vit"]
     base.save_pretrained(tmp_path, params=base_params)
     classifier = FlaxViTForImageClassification.from_pretrained(tmp_path)  # head freshly initialised
     np.testing.assert_array_equal(classifier.params["vit"]["pos_embedding"], model.params["vit"]["pos_embedding"])

@@ -185,7 +185,7 @@ def test_headless_and_card(tmp_path):
     assert "license: apache-2.0" in readme and "DeiT III" in readme
 
     backbone = hf_vit_flax.from_timm(module, num_classes=0)
-    assert isinstance(backbone, FlaxViTModel) and "head" not in backbone.params["vit"]
+    assert isinstance(backbone, FlaxViTModel) and "head" not in backbone.params
     x = images(2, 32, 32)
     with torch.inference_mode():
         tokens = module.forward_features(torch.from_numpy(x)).numpy()

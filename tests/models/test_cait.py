@@ -92,7 +92,7 @@ def test_parity_with_vit_pytorch(name):
     assert_parity(model(x).logits, expected)
 
     # The seed-API module holds the same parameters and computes the same function (NHWC in).
-    assert_parity(apply(CaiT(**kwargs), model.params["cait"], x), expected)
+    assert_parity(apply(CaiT(**kwargs), model.module_params()["params"], x), expected)
 
 
 def test_converted_layer_scale_follows_vit_pytorch_regimes():
@@ -161,7 +161,7 @@ def test_headless_vit_pytorch_model_becomes_base_model():
     kwargs = dict(PARITY_CONFIGS["small"], num_classes=0)
     torch_model = reference(kwargs, seed=2)
     model = hf_vit_flax.from_vit_pytorch(torch_model)
-    assert isinstance(model, FlaxCaiTModel) and "head" not in model.params["cait"]
+    assert isinstance(model, FlaxCaiTModel) and "head" not in model.params
     x = images(2, 32, 32)
     # vit-pytorch's head LayerNorm on the class-attention output is our pooler output.
     with torch.inference_mode():
@@ -172,7 +172,7 @@ def test_headless_vit_pytorch_model_becomes_base_model():
     out = model(x)
     np.testing.assert_allclose(out.pooler_output, expected, atol=1e-5)
     assert out.last_hidden_state.shape == (2, 17, 32)
-    tokens = apply(CaiT(**kwargs), model.params["cait"], x)
+    tokens = apply(CaiT(**kwargs), model.module_params()["params"], x)
     np.testing.assert_allclose(tokens, out.last_hidden_state, atol=1e-6)
 
 
@@ -258,7 +258,7 @@ def test_layer_dropout_drops_whole_layers_like_vit_pytorch():
     model = hf_vit_flax.from_vit_pytorch(torch_model)
     x = images(2, 32, 32, seed=5)
     module = CaiT(**kwargs)
-    variables = {"params": model.params["cait"]}
+    variables = model.module_params()
 
     def train(key):
         return module.apply(variables, nhwc(x), train=True, rngs={"dropout": key}, mutable=["intermediates"])
@@ -333,8 +333,8 @@ def test_save_and_auto_load_is_exact(small, tmp_path):
         np.testing.assert_array_equal(a, b)
     base = FlaxAutoModel.from_pretrained(tmp_path)
     assert isinstance(base, FlaxCaiTModel)
-    assert "head" not in base.params["cait"]  # the head of the classifier checkpoint is left out
-    head = small.params["cait"]["head"]
+    assert "head" not in base.params  # the head of the classifier checkpoint is left out
+    head = small.params["head"]
     np.testing.assert_allclose(base(x).pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
 
 
@@ -350,9 +350,9 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
     logits, *_ = small(x, return_dict=False)
     np.testing.assert_allclose(logits, out.logits, atol=1e-5)
     base = FlaxCaiTModel(config, _do_init=False)
-    features = base(x, params={"cait": {k: v for k, v in small.params["cait"].items() if k != "head"}})
+    features = base(x, params=small.params["cait"])
     np.testing.assert_allclose(features.pooler_output, features.last_hidden_state[:, 0])
-    head = small.params["cait"]["head"]
+    head = small.params["head"]
     np.testing.assert_allclose(features.pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
 
 
@@ -441,7 +441,7 @@ def timm_parity(torch_model, height, width, channels=3):
     expected = torch_logits(torch_model, x)
     model = port_timm(torch_model)
     diff = assert_parity(model(x).logits, expected)
-    assert_parity(apply(CaiT(**model.config.to_module_kwargs()), model.params["cait"], x), expected)
+    assert_parity(apply(CaiT(**model.config.to_module_kwargs()), model.module_params()["params"], x), expected)
     return model, diff
 
 

@@ -91,7 +91,7 @@ def test_parity_with_vit_pytorch_at_224(name, ported):
     x = images(2, 224, 224, kwargs.get("channels", 3))
     # The port's parameters in the seed-API module; the HF wrapper's own forward is checked against
     # vit-pytorch in test_hf_save_and_auto_load_exact.
-    assert_parity(seed_logits(kwargs, model.params["crossformer"], x), torch_logits(torch_model, x))
+    assert_parity(seed_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_parity_with_vit_pytorch_at_other_sizes(name, shape, ported):
     kwargs = PARITY_CONFIGS[name]
     torch_model, model = ported[name]
     x = images(1, *shape, seed=1)
-    assert_parity(seed_logits(kwargs, model.params["crossformer"], x), torch_logits(torch_model, x))
+    assert_parity(seed_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
 
 
 def test_config_read_off_vit_pytorch_module(ported):
@@ -168,7 +168,9 @@ def test_hf_save_and_auto_load_exact(ported, tmp_path):
 @pytest.fixture(scope="module")
 def small_dropout(ported):
     config = CrossFormerConfig(**PARITY_CONFIGS["default-windows"], attn_dropout=0.1, ff_dropout=0.2)
-    return FlaxCrossFormerForImageClassification.from_params(config, ported["default-windows"][1].params["crossformer"])
+    return FlaxCrossFormerForImageClassification.from_params(
+        config, ported["default-windows"][1].module_params()["params"]
+    )
 
 
 def test_train_stochastic_eval_deterministic(small_dropout):
@@ -182,11 +184,11 @@ def test_train_stochastic_eval_deterministic(small_dropout):
     np.testing.assert_array_equal(model(x).logits, model(x).logits)
     module = CrossFormer(**model.config.to_module_kwargs())
     with pytest.raises(Exception, match="dropout"):  # the seed module: training needs a 'dropout' rng
-        jax.eval_shape(lambda p: module.apply({"params": p}, nhwc(x), train=True), model.params["crossformer"])
+        jax.eval_shape(lambda p: module.apply({"params": p}, nhwc(x), train=True), model.module_params()["params"])
 
 
 def test_base_model_hidden_states_and_attentions(ported):
-    params = {k: v for k, v in ported["default-windows"][1].params["crossformer"].items() if k != "head"}
+    params = ported["default-windows"][1].params["crossformer"]
     base = FlaxCrossFormerModel.from_params(
         CrossFormerConfig(**dict(PARITY_CONFIGS["default-windows"], num_classes=0)), params
     )
@@ -309,7 +311,7 @@ def original_forward(fixture_io):
 
 
 def check_fixture(model, io, forward):
-    logits, features = forward(model.params["crossformer"], nhwc(io["pixel_values"]))
+    logits, features = forward(model.module_params()["params"], nhwc(io["pixel_values"]))
     diffs = max_abs_diff(logits, io["logits"]), max_abs_diff(features.pooler_output, io["pooled_features"])
     assert diffs[0] <= 1e-5 and diffs[1] <= 1e-5, f"max |diff| logits {diffs[0]:.2e}, pooled {diffs[1]:.2e}"
     print(f"fixture parity: logits {diffs[0]:.2e}, pooled {diffs[1]:.2e}")

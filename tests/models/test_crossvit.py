@@ -78,7 +78,7 @@ def nhwc(x):
 def pooled_features(model, x):
     """``pooler_output`` of a classification model, through the seed module's ``forward_features``."""
     module = CrossViT(**model.config.to_module_kwargs())
-    variables = {"params": model.params["crossvit"]}
+    variables = model.module_params()
     return module.apply(variables, nhwc(x), method=CrossViT.forward_features).pooler_output
 
 
@@ -98,7 +98,7 @@ def test_parity_with_vit_pytorch(name):
     assert_parity(model(x).logits, expected)
 
     # The seed-API module holds the same parameters and computes the same function (NHWC in).
-    logits = CrossViT(**kwargs).apply({"params": model.params["crossvit"]}, nhwc(x))
+    logits = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     assert_parity(logits, expected)
 
 
@@ -144,7 +144,7 @@ def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
     assert max_abs_diff(out.pooler_output, expected_pooled) <= 1e-5
     assert max_abs_diff(out.last_hidden_state, sm.numpy()) <= 1e-5
     # The seed module without heads returns the pooled features.
-    pooled = CrossViT(**kwargs).apply({"params": model.params["crossvit"]}, nhwc(x))
+    pooled = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     np.testing.assert_allclose(pooled, out.pooler_output, atol=1e-5)
 
 
@@ -200,7 +200,7 @@ def test_save_and_auto_reload_exact(small, tmp_path):
     # The classifier checkpoint loads into the base model (the heads are dropped).
     base = FlaxAutoModel.from_pretrained(tmp_path)
     assert isinstance(base, FlaxCrossViTModel)
-    assert not {"sm_head", "lg_head"} & set(base.params["crossvit"])
+    assert not {"sm_head", "lg_head"} & set(base.params)
     np.testing.assert_allclose(base(x).pooler_output, pooled_features(small, x), atol=1e-5)  # jit vs eager
 
 
@@ -213,7 +213,7 @@ def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(small(x).logits, small(x).logits)
     module = CrossViT(**small.config.to_module_kwargs())
-    variables = {"params": small.params["crossvit"]}
+    variables = small.module_params()
     with pytest.raises(Exception, match="dropout"):
         module.apply(variables, nhwc(x), train=True)  # training needs a 'dropout' rng
     c = module.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(0)})
@@ -236,8 +236,7 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
     np.testing.assert_allclose(np.asarray(lg_attn[-1]).sum(-1), 1.0, rtol=1e-5)
     logits, *_ = small(x, return_dict=False)
     np.testing.assert_allclose(logits, out.logits, atol=1e-5)
-    features = FlaxCrossViTModel(config)(x, params={"crossvit": {
-        k: v for k, v in small.params["crossvit"].items() if k not in ("sm_head", "lg_head")}})  # fmt: skip
+    features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"])
     np.testing.assert_allclose(features.pooler_output[:, :32], features.last_hidden_state[:, 0])
     assert features.pooler_output.shape == (2, 32 + 48)
 
@@ -343,7 +342,7 @@ def test_parity_with_timm(name):
     assert model.config.style == "timm"
     expected = torch_logits(torch_model, x)
     assert_parity(model(x).logits, expected)
-    logits = CrossViT(**model.config.to_module_kwargs()).apply({"params": model.params["crossvit"]}, nhwc(x))
+    logits = CrossViT(**model.config.to_module_kwargs()).apply(model.module_params(), nhwc(x))
     assert_parity(logits, expected)
     # pooler_output is timm's pre_logits: both branches' (normed) class tokens, concatenated.
     with torch.inference_mode():

@@ -54,7 +54,7 @@ def test_parity_with_vit_pytorch(name):
 
     # The seed-API module holds the same parameters and computes the same function (NHWC in).
     module = ViT(**kwargs)
-    logits = module.apply({"params": model.params["vit"]}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    logits = module.apply(model.module_params(), jnp.asarray(x.transpose(0, 2, 3, 1)))
     assert_parity(logits, expected)
 
 
@@ -74,7 +74,7 @@ def test_headless_returns_normed_tokens_like_vit_pytorch():
     x = images(2, 32, 32)
     model = hf_vit_flax.from_vit_pytorch(torch_model)
     assert isinstance(model, FlaxViTModel)
-    tokens = ViT(**kwargs).apply({"params": model.params["vit"]}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    tokens = ViT(**kwargs).apply(model.module_params(), jnp.asarray(x.transpose(0, 2, 3, 1)))
     expected = torch_logits(torch_model, x)
     assert tokens.shape == expected.shape == (2, 17, 64)
     np.testing.assert_allclose(tokens, expected, atol=1e-5)
@@ -134,7 +134,7 @@ def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
     np.testing.assert_array_equal(small(x).logits, small(x).logits)
     module = ViT(**small.config.to_module_kwargs())
     nhwc = jnp.asarray(x.transpose(0, 2, 3, 1))
-    variables = {"params": small.params["vit"]}
+    variables = small.module_params()
     with pytest.raises(Exception, match="dropout"):
         module.apply(variables, nhwc, train=True)  # training needs a 'dropout' rng
     c = module.apply(variables, nhwc, train=True, rngs={"dropout": jax.random.key(0)})
@@ -145,7 +145,7 @@ def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
 def test_jit_and_eager_agree(small):
     module = ViT(**small.config.to_module_kwargs())
     nhwc = jnp.asarray(images(2, 32, 32).transpose(0, 2, 3, 1))
-    variables = {"params": small.params["vit"]}
+    variables = small.module_params()
     with jax.disable_jit():
         eager = module.apply(variables, nhwc)
     jitted = jax.jit(module.apply)(variables, nhwc)
@@ -162,7 +162,7 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
     logits, *_ = small(x, return_dict=False)
     np.testing.assert_allclose(logits, out.logits, atol=1e-5)
     base = FlaxViTModel(small.config)
-    features = base(x, params={"vit": {k: v for k, v in small.params["vit"].items() if k != "head"}})
+    features = base(x, params=small.params["vit"])
     np.testing.assert_allclose(features.pooler_output, features.last_hidden_state[:, 0])
 
 

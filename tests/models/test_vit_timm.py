@@ -120,7 +120,7 @@ def test_parity_per_feature_through_every_source(feature, tmp_path, offline_hub)
     assert_parity(model(x).logits, expected)
 
     # The seed-API module holds the same parameters and computes the same function (NHWC in).
-    logits = ViT(**model.config.to_module_kwargs()).apply({"params": model.params["vit"]}, x.transpose(0, 2, 3, 1))
+    logits = ViT(**model.config.to_module_kwargs()).apply(model.module_params(), x.transpose(0, 2, 3, 1))
     assert_parity(logits, expected)
 
     # (b) a local folder (config.json with timm's model_args + model.safetensors), the file itself,
@@ -165,22 +165,22 @@ def test_distilled_model_in_the_hf_shells(tmp_path):
     module = build("deit_tiny_distilled_patch16_224", {}, seed=1)
     model = hf_vit_flax.from_timm(module)
     x = input_images(module)
-    assert set(model.params["vit"]) >= {"head", "head_dist", "dist_token", "cls_token"}
+    assert set(model.params) == {"vit", "head", "head_dist"} and {"dist_token", "cls_token"} <= set(model.params["vit"])
     assert FlaxViTForImageClassification.head_param_names == ("head", "head_dist")
 
     # The base model has no heads; its pooled output is the class and distillation tokens, from
     # which the two heads give timm's logits (the mean of both).
     base = FlaxViTModel(model.config, _do_init=False)
-    assert not {"head", "head_dist"} & set(base.params_shape_tree["vit"])
-    params = {"vit": {k: v for k, v in model.params["vit"].items() if k not in ("head", "head_dist")}}
+    assert not {"head", "head_dist"} & set(base.params_shape_tree)
+    params = model.params["vit"]
     out = base(x, params=params)
     assert out.pooler_output.shape == (2, 2, 48)
     np.testing.assert_allclose(out.pooler_output, out.last_hidden_state[:, :2])
     with torch.inference_mode():
         tokens = module.forward_features(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(out.last_hidden_state, tokens, atol=1e-5)
-    head = model.params["vit"]["head"]
-    head_dist = model.params["vit"]["head_dist"]
+    head = model.params["head"]
+    head_dist = model.params["head_dist"]
     pooled = np.asarray(out.pooler_output)
     manual = (pooled[:, 0] @ head["kernel"] + head["bias"] + pooled[:, 1] @ head_dist["kernel"] + head_dist["bias"]) / 2
     assert_parity(manual, torch_logits(module, x))

@@ -36,6 +36,7 @@ from ...layers import (
     Features,
     FeedForward,
     LayerScale,
+    LinearHead,
     SeedModel,
     attend,
     check_image,
@@ -417,6 +418,8 @@ class CaiT(SeedModel):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    head_class = LinearHead
+
     def setup(self):
         validate_cait(
             image_size=self.image_size, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
@@ -454,8 +457,7 @@ class CaiT(SeedModel):
             dropout=0.0 if timm else self.dropout, attn_dropout=0.0 if timm else attn_dropout,
         )  # fmt: skip
         self.norm = layer_norm(self.layer_norm_eps, **kw)
-        if self.num_classes > 0:
-            self.head = nn.Dense(self.num_classes, **kw)
+        self.setup_head()
 
     def forward_features(
         self, img, *, train: bool = False, output_hidden_states: bool = False, output_attentions: bool = False
@@ -479,9 +481,6 @@ class CaiT(SeedModel):
         if output_attentions:
             attentions += cls_attentions
         return Features(x, x[:, 0], hidden_states, attentions)
-
-    def forward_head(self, pooled):
-        return self.head(pooled)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

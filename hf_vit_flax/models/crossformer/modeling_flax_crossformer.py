@@ -36,6 +36,7 @@ from ...layers import (
     DropPath,
     Features,
     FeedForward,
+    LinearHead,
     SeedModel,
     attend,
     check_image,
@@ -373,6 +374,8 @@ class CrossFormer(SeedModel):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    head_class = LinearHead
+
     def _architecture(self) -> dict[str, Any]:
         return dict(
             style=self.style,
@@ -440,8 +443,7 @@ class CrossFormer(SeedModel):
         ]
         if original:
             self.norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype)
-        if self.num_classes > 0:
-            self.head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.setup_head()
 
     def forward_features(
         self, img, *, train: bool = False, output_hidden_states: bool = False, output_attentions: bool = False
@@ -465,9 +467,6 @@ class CrossFormer(SeedModel):
             hidden_states=tuple(flatten_tokens(h) for h in hidden_states) if output_hidden_states else None,
             attentions=tuple(attentions) if output_attentions else None,
         )
-
-    def forward_head(self, pooled):
-        return self.head(pooled)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -223,6 +223,35 @@ class ClassifierHead(nn.Module):
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
+class CrossViTHead(nn.Module):
+    """One head per branch, ``sm_head`` and ``lg_head`` (vit-pytorch: LayerNorm -> Linear; timm: Linear).
+
+    Splits the pooled features into the two branches, classifies each, and combines the logits (vit-pytorch
+    sums them, timm averages them).
+    """
+
+    num_classes: int
+    sm_dim: int
+    style: str = "vit_pytorch"
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.style == "vit_pytorch":
+            self.sm_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
+            self.lg_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
+        else:
+            self.sm_head = nn.Dense(self.num_classes, **kw)
+            self.lg_head = nn.Dense(self.num_classes, **kw)
+
+    def __call__(self, pooled):
+        sm_logits = self.sm_head(pooled[..., : self.sm_dim])
+        lg_logits = self.lg_head(pooled[..., self.sm_dim :])
+        return sm_logits + lg_logits if self.style == "vit_pytorch" else (sm_logits + lg_logits) / 2
+
+
 @dataclasses.dataclass(frozen=True)
 class BranchSpec:
     """The hyper-parameters of one branch's encoder (a hashable module field)."""
@@ -445,6 +474,8 @@ class CrossViT(SeedModel):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    head_class = CrossViTHead
+
     @property
     def branch_image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(small branch, large branch) input sizes."""
@@ -479,13 +510,7 @@ class CrossViT(SeedModel):
             ]  # fmt: skip
             self.sm_norm = layer_norm(self.layer_norm_eps, **kw)
             self.lg_norm = layer_norm(self.layer_norm_eps, **kw)
-        if self.num_classes > 0:
-            if self.style == "vit_pytorch":
-                self.sm_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
-                self.lg_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
-            else:
-                self.sm_head = nn.Dense(self.num_classes, **kw)
-                self.lg_head = nn.Dense(self.num_classes, **kw)
+        self.setup_head()
 
     def _branch_input(self, img, size: tuple[int, int]):
         """timm's ``scale_image``: the image at the size a branch takes."""
@@ -535,12 +560,6 @@ class CrossViT(SeedModel):
             sm, lg = self.sm_norm(sm), self.lg_norm(lg)
         pooled = jnp.concatenate([self._pool(sm), self._pool(lg)], axis=-1)
         return Features(sm, pooled, hidden_states, attentions)
-
-    def forward_head(self, pooled):
-        """Split the pooled features into the two branches, classify each, and combine the logits."""
-        sm_logits = self.sm_head(pooled[..., : self.sm_dim])
-        lg_logits = self.lg_head(pooled[..., self.sm_dim :])
-        return sm_logits + lg_logits if self.style == "vit_pytorch" else (sm_logits + lg_logits) / 2
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ...layers import (
@@ -110,6 +109,26 @@ class AttentionPoolLatent(nn.Module):
         return out[:, 0]
 
 
+class ViTHead(nn.Module):
+    """ViT's head ``head``; for a distilled DeiT also ``head_dist``, and the mean of their logits."""
+
+    num_classes: int
+    distilled: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.head = nn.Dense(self.num_classes, **kw)
+        if self.distilled:
+            self.head_dist = nn.Dense(self.num_classes, **kw)
+
+    def __call__(self, pooled):
+        if self.distilled:  # DeiT: the mean of the class-token and distillation-token heads
+            return (self.head(pooled[:, 0]) + self.head_dist(pooled[:, 1])) / 2
+        return self.head(pooled)
+
+
 class ViT(SeedModel):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
@@ -155,6 +174,8 @@ class ViT(SeedModel):
     remat: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    head_class = ViTHead
 
     @property
     def has_class_token(self) -> bool:
@@ -208,10 +229,7 @@ class ViT(SeedModel):
         if self.final_norm and self.fc_norm:
             self.fc_norm_layer = layer_norm(self.layer_norm_eps, name="fc_norm", **kw)
         self.head_drop = nn.Dropout(self.head_dropout)
-        if self.num_classes > 0:
-            self.head = nn.Dense(self.num_classes, **kw)
-            if self.distilled:
-                self.head_dist = nn.Dense(self.num_classes, **kw)
+        self.setup_head()
 
     def prefix_tokens(self, batch: int, dtype) -> list:
         """[class token, register tokens, distillation token] as present, each ``(batch, n, dim)``."""
@@ -251,11 +269,6 @@ class ViT(SeedModel):
             pooled = x[:, 0]
         return self.fc_norm_layer(pooled) if self.final_norm and self.fc_norm else pooled
 
-    def forward_head(self, pooled):
-        if self.distilled:  # DeiT: the mean of the class-token and distillation-token heads
-            return (self.head(pooled[:, 0]) + self.head_dist(pooled[:, 1])) / 2
-        return self.head(pooled)
-
 
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
@@ -290,5 +303,5 @@ class FlaxViTForImageClassification(FlaxViTPreTrainedModel):
 
 
 def seed_params(model: FlaxViTForImageClassification) -> dict:
-    """The parameters of ``model`` as ``ViT.apply`` takes them (the shells hold ``ViT`` under ``vit``)."""
-    return {"params": jax.tree.map(lambda x: x, model.params[model.base_model_prefix])}
+    """The parameters of ``model`` as ``ViT.apply`` takes them (``model.module_params()``)."""
+    return model.module_params()

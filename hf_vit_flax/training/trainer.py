@@ -467,9 +467,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _check_model_takes(model, preprocess, dataset) -> None:
     """The processed images must fit the model: a clear error before any compilation otherwise."""
-    example = preprocess.blank()[None]
     try:
-        model.check_pixel_values(example)
+        model.check_pixel_values(preprocess.blank()[None])
     except ValueError as err:
         raise ValueError(
             f"the images of {dataset.name}, through the model's image processor, do not fit the model: {err}"

@@ -272,7 +272,7 @@ def test_two_hosts_match_one_host_with_as_many_devices(tmp_path, tiny_model):
     assert single.wait(timeout=300) == 0
     a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a.files)
-    (tmp_path.parent / "multihost_max_param_diff.txt").write_text(f"{diff:.3e}\n")
+    print(f"max |parameter difference|, 2 hosts x 2 devices vs 1 host x 4 devices: {diff:.3e}")
     assert diff < 1e-5
 
 

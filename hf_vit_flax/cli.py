@@ -302,8 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--freeze-backbone", action="store_true", default=None, help="linear probing: train the head only"
     )
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                       help="random resized crop + flip (default: on, off for digits)")  # fmt: skip
+    train.add_argument("--augment", choices=["crop-flip", "crop", "none"], default=None,
+                       help="training augmentation (default: crop-flip; crop for digits: they are not mirror-symmetric)")  # fmt: skip
     train.add_argument("--val-fraction", type=float, default=None, help="held out when the data has no split (0.1)")
     train.add_argument("--image-size", type=_positive_int, default=None, help="input size of a variant or timm model")
     train.add_argument("--variant", dest="crossformer_variant", choices=["t", "s", "b", "l"], default=None,

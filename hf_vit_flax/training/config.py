@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # The fields that define a run: a checkpoint written under one value of these does not resume under another.
 RECIPE_FIELDS = (
     "model", "data", "image_size", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
     "warmup", "layer_decay", "clip_norm", "label_smoothing", "grad_accum", "precision", "freeze_backbone", "seed",
-    "augment", "val_fraction", "fsdp", "dropout",
+    "augment", "val_fraction", "fsdp", "crossformer_variant",
 )  # fmt: skip
 
 
@@ -41,7 +41,9 @@ class TrainConfig:
         precision: ``"bf16"`` (bfloat16 computation, float32 parameters) or ``"fp32"``.
         gradient_checkpointing: rematerialise each block in the backward pass.
         freeze_backbone: linear probing: only the classification head is trained.
-        augment: random resized crop and horizontal flip on training images (``None``: on, except for digits).
+        augment: training augmentation: ``"crop-flip"`` (random resized crop and horizontal flip), ``"crop"``
+            (the crop only: for images that are not mirror-symmetric in meaning, such as digits) or ``"none"``;
+            ``None``: ``"crop"`` for digits, ``"crop-flip"`` otherwise.
         val_fraction: the fraction of an image folder / dataset held out for validation when it has no split.
         eval_every: evaluate (and keep the best model) every this many steps (``None``: once per epoch).
         checkpoint_every: write a checkpoint every this many steps (``None``: at each evaluation).
@@ -76,9 +78,8 @@ class TrainConfig:
     precision: str = "fp32"
     gradient_checkpointing: bool = False
     freeze_backbone: bool = False
-    dropout: float | None = None
     seed: int = 0
-    augment: bool | None = None
+    augment: str | None = None
     val_fraction: float = 0.1
     eval_every: int | None = None
     checkpoint_every: int | None = None
@@ -91,7 +92,6 @@ class TrainConfig:
     num_processes: int | None = None
     process_id: int | None = None
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def positive(name: str, value, allow_none: bool = False) -> None:
@@ -114,7 +114,12 @@ class TrainConfig:
                 f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}: each optimizer step "
                 f"is grad_accum micro-batches of batch_size / grad_accum images"
             )
-        choices = {"optimizer": ("adamw", "sgd"), "precision": ("bf16", "fp32"), "on_bad_image": ("skip", "error")}
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "precision": ("bf16", "fp32"),
+            "on_bad_image": ("skip", "error"),
+            "augment": (None, "crop-flip", "crop", "none"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

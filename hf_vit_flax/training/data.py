@@ -326,7 +326,7 @@ class Preprocess:
     counts for nothing in the loss or the accuracy.
     """
 
-    def __init__(self, split: Split, processor, bad: BadImages, augment: bool):
+    def __init__(self, split: Split, processor, bad: BadImages, augment: str = "none"):
         self.split, self.processor, self.bad, self.augment = split, processor, bad, augment
         self._blank = None
 
@@ -342,9 +342,9 @@ class Preprocess:
         except ValueError as err:
             self.bad.report(self.split.describe(index), err)
             return {"pixel_values": self.blank(), "label": label, "weight": np.float32(0)}
-        if rng is not None and self.augment:
+        if rng is not None and self.augment != "none":
             image = random_resized_crop(image, rng)
-            if rng.uniform() < 0.5:
+            if self.augment == "crop-flip" and rng.uniform() < 0.5:
                 image = image[:, ::-1]
         return {"pixel_values": self._pixels(np.ascontiguousarray(image)), "label": label, "weight": np.float32(1)}
 
@@ -374,7 +374,9 @@ def train_pipeline(preprocess: Preprocess, *, seed: int, host_batch: int, worker
     grain = _grain()
     shard = shard_options()
     ds = grain.MapDataset.range(len(preprocess.split)).seed(seed).shuffle().repeat(None)
-    ds = ds.random_map(lambda index, rng: preprocess(index, rng)) if preprocess.augment else ds.map(preprocess)
+    ds = (
+        ds.random_map(lambda index, rng: preprocess(index, rng)) if preprocess.augment != "none" else ds.map(preprocess)
+    )
     ds = ds[shard.shard_index :: shard.shard_count]
     ds = ds.batch(host_batch, drop_remainder=True)
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(2 * workers, 4)))

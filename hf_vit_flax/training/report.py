@@ -123,7 +123,7 @@ def _hub_id(spec: str) -> str | None:
 
 
 def card_data(
-    config, dataset, base_model: str, evaluation: dict, step: int, total_steps: int, steps_per_epoch: int, augment: bool
+    config, dataset, base_model: str, evaluation: dict, step: int, total_steps: int, steps_per_epoch: int, augment: str
 ) -> dict[str, Any]:
     """The model card's record of a fine-tuning (see :func:`hf_vit_flax.hub.model_card`)."""
     split = "test" if dataset.val_is_test else "validation"
@@ -145,7 +145,7 @@ def card_data(
         + (f", layer decay {config.layer_decay:g}" if config.layer_decay else "")
         + (f", gradient clipping {config.clip_norm:g}" if config.clip_norm else "")
         + (", backbone frozen (linear probe)" if config.freeze_backbone else "")
-        + (", random resized crop + flip" if augment else "")
+        + {"crop-flip": ", random resized crop + flip", "crop": ", random resized crop"}.get(augment, "")
     )
     hub_id = _hub_id(base_model)
     data: dict[str, Any] = {

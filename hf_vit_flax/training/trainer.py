@@ -84,7 +84,8 @@ def init_distributed(config: TrainConfig) -> None:
         return
     if jax.distributed.is_initialized():
         return
-    if (env.get("JAX_PLATFORMS") or "").startswith("cpu") or jax.config.jax_platforms == "cpu":
+    # Collectives between CPU devices of several processes need an implementation (GPUs and TPUs have their own).
+    if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if address is not None or num is not None or pid is not None:
         missing = [
@@ -209,10 +210,10 @@ def train(config: TrainConfig) -> TrainResult:
     )
     processor = model.image_processor
     prefix, num_classes = model.base_model_prefix, len(dataset.class_names)
-    augment = config.augment if config.augment is not None else config.data != "digits"
+    augment = config.augment or ("crop" if config.data == "digits" else "crop-flip")
     bad = data_lib.BadImages(config.on_bad_image)
     train_pre = data_lib.Preprocess(dataset.train, processor, bad, augment)
-    val_pre = data_lib.Preprocess(dataset.val, processor, bad, augment=False)
+    val_pre = data_lib.Preprocess(dataset.val, processor, bad, augment="none")
     _check_model_takes(model, train_pre, dataset)
 
     steps_per_epoch = max(len(dataset.train) // config.batch_size, 1)

@@ -283,10 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", required=True, help="digits, an image folder, or a Hugging Face dataset (name or folder)"
     )
     train.add_argument("--output-dir", required=True)
-    train.add_argument("--epochs", type=_positive_int, default=None, help="default 10 (or --steps)")
+    train.add_argument(
+        "--epochs", type=_positive_int, default=None, help="default 10 (30 for digits without MODEL), or --steps"
+    )
     train.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (instead of --epochs)")
     train.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default 64)")
-    train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
+    train.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 2e-3 without MODEL, else 5e-4)"
+    )
     train.add_argument("--weight-decay", type=_fraction, default=None, help="default 0.05")
     train.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
     train.add_argument("--momentum", type=_fraction, default=None, help="SGD momentum (default 0.9)")

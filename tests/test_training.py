@@ -94,6 +94,7 @@ def test_digits_learns_well_above_chance(tmp_path, tiny_model):
             steps=60,
             batch_size=32,
             lr=3e-3,
+            augment="none",
             eval_every=60,
             **FAST,
         )  # fmt: skip
@@ -107,6 +108,18 @@ def test_digits_learns_well_above_chance(tmp_path, tiny_model):
     assert any("val_accuracy" in r for r in records) and any("train_loss" in r for r in records)
     for name in ("curves.png", "confusion_matrix.png", "model.safetensors", "preprocessor_config.json"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_default_model_suits_the_data(tmp_path):
+    config = TrainConfig(data="digits", output_dir=str(tmp_path / "run"), steps=1, batch_size=8, **FAST)
+    assert (config.peak_lr, config.num_epochs) == (2e-3, 30)  # from scratch
+    train(config)
+    model = hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "run")
+    assert model.config.image_size == 16 and model.config.patch_size == 4
+    assert model.config.id2label == {i: str(i) for i in range(10)}
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["base_model"] == "vit-finetune-tiny" and run["recipe"]["augment"] is None
+    assert TrainConfig(model="timm:vit_tiny_patch16_224").peak_lr == 5e-4
 
 
 def test_head_replaced_with_the_class_names_and_model_card(tmp_path, tiny_model):
@@ -195,7 +208,8 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_model):
     start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params)
     assert not np.allclose(a["vit/pos_embedding"], start["vit/pos_embedding"])  # it trained
     for key in a:
-        np.testing.assert_allclose(a[key], b[key], atol=2e-6, rtol=1e-5, err_msg=key)
+        # Adam divides by the root of the second moment: float noise in small gradients shows at ~1e-6.
+        np.testing.assert_allclose(a[key], b[key], atol=1e-5, rtol=1e-5, err_msg=key)
 
 
 # -- checkpoints and resume -----------------------------------------------------------------------------
@@ -334,7 +348,7 @@ def test_bad_recipes_and_folders(tmp_path, tiny_model):
         train(TrainConfig(data="digits", model=tiny_model, output_dir=str(other), **FAST))
     assert os.listdir(other) == ["notes.txt"]
     run = tmp_path / "run"
-    train(TrainConfig(data="digits", model=tiny_model, output_dir=str(run), steps=2, batch_size=8, **FAST))
+    train(TrainConfig(data="digits", model=tiny_model, output_dir=str(run), steps=2, batch_size=8, lr=1e-3, **FAST))
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     with pytest.raises(ValueError, match=r"holds another run \(lr: 0.001 there, 0.01 now\)"):
         train(TrainConfig(data="digits", model=tiny_model, output_dir=str(run), steps=2, batch_size=8, lr=1e-2, **FAST))

@@ -27,11 +27,13 @@ class TrainConfig:
             ``timm:<name>[.<tag>]``, a local timm checkpoint, ``crossformer:<path>`` (with ``crossformer_variant``),
             or a named variant of ``configs/`` (randomly initialised); ``None``: a small ViT suited to the data.
         image_size: the input size of a model built from a variant or the default (default: its own).
-        epochs / steps: the length of the run (optimizer steps; ``steps`` wins when both are set).
+        epochs / steps: the length of the run (optimizer steps; ``steps`` wins when both are set). Default: 30
+            epochs for the default model on digits (trained from scratch), 10 otherwise.
         batch_size: the global batch (all devices and hosts together) of one optimizer step.
         optimizer: ``"adamw"`` or ``"sgd"`` (with ``momentum``).
         lr: peak learning rate, reached after ``warmup`` steps (an int) or that fraction of the run (a float < 1),
-            then cosine decay to 0.
+            then cosine decay to 0. Default: 2e-3 for the default model (trained from scratch), 5e-4 to fine-tune
+            a given one.
         weight_decay: decoupled weight decay; never on norms, biases, position embeddings and tokens.
         layer_decay: layer-wise learning-rate decay (BEiT / timm): block ``i`` of ``L`` gets ``lr * layer_decay **
             (L + 1 - i)``; ``None`` for one rate everywhere.
@@ -67,7 +69,7 @@ class TrainConfig:
     steps: int | None = None
     batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 1e-3
+    lr: float | None = None
     weight_decay: float = 0.05
     momentum: float = 0.9
     warmup: float = 0.1
@@ -123,7 +125,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
@@ -137,6 +139,19 @@ class TrainConfig:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive (or None for no clipping), got {self.clip_norm!r}")
+
+    @property
+    def from_scratch(self) -> bool:
+        """Whether the run trains the default model from a random start (then it has its own defaults)."""
+        return self.model is None
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr if self.lr is not None else (2e-3 if self.from_scratch else 5e-4)
+
+    @property
+    def num_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else (30 if self.from_scratch and self.data == "digits" else 10)
 
     @property
     def micro_batch_size(self) -> int:

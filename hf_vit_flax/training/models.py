@@ -18,7 +18,7 @@ from ..modeling_utils import FlaxVisionPreTrainedModel
 
 DEFAULT_PRESET = "vit-finetune-tiny"
 # The default preset's input for small images (digits, 8x8 scans) and for photographs.
-DEFAULT_SIZES = {"small": (32, 4), "photo": (64, 8)}
+DEFAULT_SIZES = {"small": (16, 4), "photo": (64, 8)}
 
 
 def _variant_config(name: str, **overrides):

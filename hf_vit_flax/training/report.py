@@ -138,7 +138,7 @@ def card_data(
         "metric_value": round(evaluation["accuracy"], 6),
     }
     recipe = (
-        f"{config.optimizer} lr {config.lr:g} (warmup {config.warmup:g}, cosine), weight decay {config.weight_decay:g}, "
+        f"{config.optimizer} lr {config.peak_lr:g} (warmup {config.warmup:g}, cosine), weight decay {config.weight_decay:g}, "
         f"batch {config.batch_size}"
         + (f" ({config.grad_accum} accumulated micro-batches)" if config.grad_accum > 1 else "")
         + f", label smoothing {config.label_smoothing:g}, {config.precision}, seed {config.seed}"

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-DEFAULT_EPOCHS = 10
 
 
 @dataclass
@@ -217,11 +216,11 @@ def train(config: TrainConfig) -> TrainResult:
     _check_model_takes(model, train_pre, dataset)
 
     steps_per_epoch = max(len(dataset.train) // config.batch_size, 1)
-    total_steps = config.steps or (config.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    total_steps = config.steps or config.num_epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup * total_steps)) if config.warmup < 1 else int(config.warmup)
     eval_every = config.eval_every or steps_per_epoch
     checkpoint_every = config.checkpoint_every or eval_every
-    schedule = learning_rate_schedule(config.lr, total_steps, warmup_steps)
+    schedule = learning_rate_schedule(config.peak_lr, total_steps, warmup_steps)
     tx = make_optimizer(
         model.params,
         base_model_prefix=prefix,

@@ -79,6 +79,7 @@ from flax.traverse_util import flatten_dict
 from hf_vit_flax.training import TrainConfig, train
 config = TrainConfig(**{config})
 result = train(config)
+print("sharded arrays:", result.sharded_arrays)
 if result.params is not None and {save}:
     np.savez({out!r}, **{{"/".join(k): v for k, v in flatten_dict(result.params).items()}})
 """
@@ -247,17 +248,19 @@ def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model):
 
 # -- scale ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_two_hosts_match_one_host_with_as_many_devices(tmp_path, tiny_model):
-    """2 processes x 2 CPU devices (gloo) against 1 process x 4 devices, on the same global batch."""
+def test_two_hosts_and_fsdp_match_one_host_with_as_many_devices(tmp_path, tiny_model):
+    """2 processes x 2 CPU devices (gloo), and FSDP on 4 devices, against 1 process x 4 devices (data parallel),
+    on the same global batch."""
     import portpicker
 
     base = dict(data="digits", model=tiny_model, steps=6, batch_size=16, eval_every=6, lr=1e-3, progress=False,
-                workers=1, fsdp=False)  # fmt: skip
-    single = run_script(
-        TRAIN_AND_SAVE.format(config=repr({**base, "output_dir": str(tmp_path / "one")}), save=True,
-                              out=str(tmp_path / "one.npz")),
-        devices=4,
-    )  # fmt: skip
+                workers=1)  # fmt: skip
+
+    def one_host(name: str, **options) -> subprocess.Popen:
+        config = {**base, "output_dir": str(tmp_path / name), **options}
+        return run_script(TRAIN_AND_SAVE.format(config=repr(config), save=True, out=str(tmp_path / f"{name}.npz")),
+                          devices=4, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
     port = portpicker.pick_unused_port()
     hosts = [
         run_script(
@@ -280,27 +283,30 @@ def test_two_hosts_match_one_host_with_as_many_devices(tmp_path, tiny_model):
         )
         for pid in range(2)
     ]
-    for host in hosts:
-        _, err = host.communicate(timeout=300)
-        assert host.returncode == 0, err
-    assert single.wait(timeout=300) == 0
-    a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
-    diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a.files)
-    print(f"max |parameter difference|, 2 hosts x 2 devices vs 1 host x 4 devices: {diff:.3e}")
-    assert diff < 1e-5
+    for proc in hosts:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    for name, options in (("one", {}), ("fsdp", {"fsdp": True})):
+        proc = one_host(name, **options)
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert ("sharded arrays: 0" in out) == (name == "one"), out  # FSDP splits the larger arrays
+    one = np.load(tmp_path / "one.npz")
+    for other in ("two", "fsdp"):
+        theirs = np.load(tmp_path / f"{other}.npz")
+        assert sorted(theirs.files) == sorted(one.files)
+        diff = max(float(np.max(np.abs(one[k] - theirs[k]))) for k in one.files)
+        print(f"max |parameter difference| against 1 host x 4 devices, data parallel: {other}: {diff:.3e}")
+        assert diff < 1e-5, other
 
 
-def test_fsdp_shards_parameters_and_trains_like_data_parallel(tmp_path, tiny_model):
+def test_fsdp_sharding_rule():
     from hf_vit_flax.training.trainer import fsdp_spec
 
     assert fsdp_spec((1024, 64), 4) == jax.sharding.PartitionSpec("data", None)
     assert fsdp_spec((30, 4096), 4) == jax.sharding.PartitionSpec(None, "data")
-    assert fsdp_spec((10,), 4) == jax.sharding.PartitionSpec()
-    common = dict(data="digits", model=tiny_model, steps=3, batch_size=8, eval_every=3, **FAST)
-    a = flat(train(TrainConfig(output_dir=str(tmp_path / "dp"), **common)).params)
-    b = flat(train(TrainConfig(output_dir=str(tmp_path / "fsdp"), fsdp=True, **common)).params)
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], atol=1e-6, err_msg=key)
+    assert fsdp_spec((10,), 4) == jax.sharding.PartitionSpec()  # small: replicated
+    assert fsdp_spec((1024, 64), 1) == jax.sharding.PartitionSpec()
 
 
 # -- bad input ------------------------------------------------------------------------------------------

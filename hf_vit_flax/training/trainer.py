@@ -47,6 +47,7 @@ class TrainResult:
     resumed_from: int | None
     confusion: list[list[int]]
     class_names: list[str]
+    sharded_arrays: int = 0  # parameter arrays split over the devices (FSDP)
     params: Any = dataclasses.field(default=None, repr=False)  # final parameters (host numpy arrays)
 
     def summary(self) -> str:
@@ -134,7 +135,7 @@ def _write_json(path: str, data: Any) -> None:
 
 
 # -- sharding ------------------------------------------------------------------------------------------------
-def fsdp_spec(shape: tuple[int, ...], num_devices: int, min_size: int = 2**12):
+def fsdp_spec(shape: tuple[int, ...], num_devices: int, min_size: int = 2**10):
     """FSDP: an array split along its largest dimension that ``num_devices`` divides (small ones replicated)."""
     from jax.sharding import PartitionSpec as P
 
@@ -247,6 +248,7 @@ def train(config: TrainConfig) -> TrainResult:
         lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)}, host_params
     )
     state_shardings = jax.tree.map(sharding_of, abstract_state)
+    sharded_arrays = sum(not s.is_fully_replicated for s in jax.tree.leaves(state_shardings["params"]))
     params = jax.tree.map(
         lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
         host_params,
@@ -452,6 +454,7 @@ def train(config: TrainConfig) -> TrainResult:
         resumed_from=resumed_from // accum if resumed_from else None,
         confusion=last_eval["confusion"],
         class_names=dataset.class_names,
+        sharded_arrays=sharded_arrays,
         params=final_params,
     )
     if config.push_to_hub and is_main:

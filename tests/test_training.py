@@ -432,3 +432,16 @@ def test_cli_end_to_end_then_predict_raw_images(tmp_path, tiny_model, capsys):
     weights = (out / "model.safetensors").read_bytes()
     assert main(argv) == 0
     assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_push_to_hub_uploads_the_best_model(hub, tmp_path, tiny_model):
+    from hf_vit_flax.hub import card_metadata
+
+    out = tmp_path / "run"
+    train(TrainConfig(data="digits", model=tiny_model, output_dir=str(out), steps=1, batch_size=8,
+                      push_to_hub="acme/tiny-digits", **FAST))  # fmt: skip
+    files = hub.repos["acme/tiny-digits"]["files"]
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "curves.png"} <= set(files)
+    assert "run.json" not in files and not any(name.startswith("checkpoints") for name in files)
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert card_metadata(files["README.md"].decode())["model-index"][0]["results"][0]["dataset"]["split"] == "test"

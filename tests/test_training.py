@@ -334,9 +334,15 @@ def test_corrupt_images_error_or_skip(tmp_path, tiny_model):
     data = colour_folder(tmp_path / "data")
     corrupt = data / "train" / "red" / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
-    with pytest.raises(ValueError, match="broken.png"):
-        train(TrainConfig(data=str(data), model=tiny_model, output_dir=str(tmp_path / "e"), steps=4, batch_size=8,
-                          on_bad_image="error", **FAST))  # fmt: skip
+    from hf_vit_flax.training.data import BadImages, Preprocess, load_dataset
+
+    dataset = load_dataset(str(data))
+    index = next(i for i in range(len(dataset.train)) if dataset.train.describe(i).endswith("broken.png"))
+    processor = hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).image_processor
+    with pytest.raises(ValueError, match="broken.png.*--on-bad-image skip"):
+        Preprocess(dataset.train, processor, BadImages("error"))(index)
+    with pytest.raises(ValueError, match="on_bad_image must be one of"):
+        TrainConfig(on_bad_image="ignore")
     result = train(TrainConfig(data=str(data), model=tiny_model, output_dir=str(tmp_path / "s"), steps=4, batch_size=8,
                                **FAST))  # fmt: skip
     assert result.skipped_images == 1
@@ -445,3 +451,19 @@ def test_push_to_hub_uploads_the_best_model(hub, tmp_path, tiny_model):
     assert "run.json" not in files and not any(name.startswith("checkpoints") for name in files)
     assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
     assert card_metadata(files["README.md"].decode())["model-index"][0]["results"][0]["dataset"]["split"] == "test"
+
+
+def test_timm_checkpoint_keeps_its_backbone_and_processor(tmp_path):
+    """A timm checkpoint (a local folder in timm's Hub format, as ``timm:<name>`` downloads it) as MODEL."""
+    timm = pytest.importorskip("timm")
+    from hf_vit_flax.training.models import load_model
+    from hf_vit_flax.verify import save_timm_checkpoint
+
+    source = save_timm_checkpoint(timm.create_model("vit_tiny_patch16_224", pretrained=False), tmp_path / "timm-vit")
+    converted = hf_vit_flax.from_timm(str(source), image_size=32)  # position embeddings resampled as timm does
+    model, base = load_model(str(source), {0: "a", 1: "b"}, image_size=32, seed=0)
+    assert base == str(source) and model.config.id2label == {0: "a", 1: "b"}
+    assert model.params["head"]["kernel"].shape == (192, 2)
+    a, b = flat(converted.params["vit"]), flat(model.params["vit"])
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert model.image_processor.to_dict() == converted.image_processor.to_dict()

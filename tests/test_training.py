@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def test_from_pretrained_new_labels(tiny_model):
 
 # -- the optimiser --------------------------------------------------------------------------------------
 def test_weight_decay_mask():
-    from hf_vit_flax.training.optim import decay_mask, layer_ids
+    from hf_vit_flax.training.optim import decay_mask, layer_ids, module_call_order
 
     config = hf_vit_flax.ViTConfig(**{**TINY, "depth": 2, "distilled": True})
     model = hf_vit_flax.FlaxViTForImageClassification(config)
@@ -173,6 +174,17 @@ def test_weight_decay_mask():
     assert ids["vit/transformer/blocks_0/attn/qkv/kernel"] == 1
     assert ids["vit/transformer/blocks_1/norm1/scale"] == 2
     assert ids["vit/transformer/norm/scale"] == 3 and ids["head/kernel"] == 3
+    # CaiT's class-attention blocks run after its patch blocks, whatever the order of their names.
+    cait = hf_vit_flax.FlaxCaiTForImageClassification(
+        hf_vit_flax.CaiTConfig(image_size=16, patch_size=4, num_classes=2, dim=32, depth=2, cls_depth=1, heads=2,
+                               dim_head=16, mlp_dim=32), _do_init=False)  # fmt: skip
+    ids, depths = layer_ids(cait.params_shape_tree, "cait", module_call_order(cait))
+    ids = flat(ids)
+    assert depths == 5
+    by_block = {re.match(r"(.*/blocks_\d+)/", k).group(1): v for k, v in ids.items() if "/blocks_" in k}
+    assert by_block == {"cait/patch_transformer/blocks_0": 1, "cait/patch_transformer/blocks_1": 2,
+                        "cait/cls_transformer/blocks_0": 3}  # fmt: skip
+    assert ids["head/kernel"] == 4
 
 
 def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path, tiny_model):

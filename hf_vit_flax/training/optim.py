@@ -35,46 +35,62 @@ def decay_mask(params) -> Any:
     return jax.tree_util.tree_map_with_path(rule, params)
 
 
-def layer_ids(params, base_model_prefix: str) -> tuple[Any, int]:
+def module_call_order(model) -> list[tuple[str, ...]]:
+    """The scope paths of ``model``'s sub-modules in the order its forward first calls them (shapes only)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    order: dict[tuple[str, ...], None] = {}
+
+    def record(call, args, kwargs, context):
+        if context.module.scope is not None:
+            order.setdefault(tuple(context.module.scope.path), None)
+        return call(*args, **kwargs)
+
+    height, width = model.config.image_size_hw
+    pixels = jax.ShapeDtypeStruct((1, height, width, model.config.channels), jnp.float32)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda p, x: model.module.apply({"params": p}, x), model.params_shape_tree, pixels)
+    return list(order)
+
+
+def layer_ids(params, base_model_prefix: str, call_order: list[tuple[str, ...]] | None = None) -> tuple[Any, int]:
     """Depth of each parameter for layer-wise lr decay, and the number of depths.
 
     Blocks are the sub-trees named ``<name>_<i>`` (``blocks_0``, ``layers_3``) under the backbone, numbered in
-    the order of the parameter tree, then of ``i``; what comes before the first block (embeddings, tokens) is
-    depth 0, blocks 1..L, and what is outside the backbone or after the blocks (final norm, head) depth L + 1.
+    the order the forward calls them (``call_order``, from :func:`module_call_order`: CaiT's class-attention
+    blocks come after its patch blocks), else by their stacks in the order of the parameter tree, then by ``i``;
+    embeddings and tokens (before the first block) are depth 0, blocks 1..L, and what is outside the backbone or
+    after the blocks (final norm, head) L + 1.
     """
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    blocks: list[tuple[str, ...]] = []
-    for path, _ in flat:
+    blocks: dict[tuple[str, ...], tuple[int, int]] = {}  # block path -> (its stack's rank, its index)
+    stacks: dict[tuple[str, ...], int] = {}
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
         names = _names(path)
         if names[0] != base_model_prefix:
             continue
         for depth, name in enumerate(names[:-1]):
-            if _BLOCK_NAME.match(name):
-                key = tuple(names[: depth + 1])
-                if key not in blocks:
-                    blocks.append(key)
+            match = _BLOCK_NAME.match(name)
+            if match:
+                stack = (*names[:depth], match.group(1))
+                stacks.setdefault(stack, len(stacks))
+                blocks[tuple(names[: depth + 1])] = (stacks[stack], int(match.group(2)))
                 break
-
-    def order(key):
-        parent, (stem, index) = key[:-1], _BLOCK_NAME.match(key[-1]).groups()
-        return (_first_seen[parent + (stem,)], int(index))
-
-    _first_seen: dict = {}
-    for key in blocks:
-        _first_seen.setdefault(key[:-1] + (_BLOCK_NAME.match(key[-1]).group(1),), len(_first_seen))
-    ranked = {key: i + 1 for i, key in enumerate(sorted(blocks, key=order))}
+    called = {path: i for i, path in enumerate(call_order or [])}
+    if call_order and all(key in called for key in blocks):
+        blocks = {key: (called[key], 0) for key in blocks}
+    ranked = {key: rank + 1 for rank, key in enumerate(sorted(blocks, key=blocks.get))}
     num_blocks = len(ranked)
 
     def rule(path, leaf) -> int:
         names = _names(path)
-        if names[0] != base_model_prefix:
-            return num_blocks + 1
-        for depth in range(len(names) - 1):
-            key = tuple(names[: depth + 1])
-            if key in ranked:
-                return ranked[key]
-        # before the blocks (embeddings, tokens) or after them (final norm): by where they sit in the tree
-        return 0 if _is_embedding(names) else num_blocks + 1
+        if names[0] == base_model_prefix:
+            for depth in range(1, len(names)):
+                if tuple(names[:depth]) in ranked:
+                    return ranked[tuple(names[:depth])]
+            if _is_embedding(names):
+                return 0
+        return num_blocks + 1
 
     return jax.tree_util.tree_map_with_path(rule, params), num_blocks + 2
 
@@ -101,8 +117,10 @@ def make_optimizer(
     clip_norm: float | None = 1.0,
     freeze_backbone: bool = False,
     grad_accum: int = 1,
+    call_order: list[tuple[str, ...]] | None = None,
 ) -> optax.GradientTransformation:
-    """The optimiser over ``params`` (a classifier's ``{prefix: backbone, head names: head}`` tree)."""
+    """The optimiser over ``params`` (a classifier's ``{prefix: backbone, head names: head}`` tree); ``call_order``
+    orders the blocks for ``layer_decay`` (see :func:`layer_ids`)."""
 
     def base(scale: float) -> optax.GradientTransformation:
         lr = schedule if scale == 1.0 else (lambda step: schedule(step) * scale)
@@ -116,7 +134,7 @@ def make_optimizer(
 
     if layer_decay is not None or freeze_backbone:
         if layer_decay is not None:
-            ids, depths = layer_ids(params, base_model_prefix)
+            ids, depths = layer_ids(params, base_model_prefix, call_order)
             labels = jax.tree.map(lambda i: f"depth_{i}", ids)
             transforms = {f"depth_{i}": base(layer_decay ** (depths - 1 - i)) for i in range(depths)}
         else:

@@ -177,7 +177,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     from . import data as data_lib
     from .models import load_model
-    from .optim import learning_rate_schedule, make_optimizer
+    from .optim import learning_rate_schedule, make_optimizer, module_call_order
     from .report import MetricsLog, ProgressBar, card_data, write_plots
 
     started = time.time()
@@ -233,6 +233,7 @@ def train(config: TrainConfig) -> TrainResult:
         clip_norm=config.clip_norm,
         freeze_backbone=config.freeze_backbone,
         grad_accum=config.grad_accum,
+        call_order=module_call_order(model) if config.layer_decay is not None else None,
     )
 
     # -- state on the mesh

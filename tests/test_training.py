@@ -213,6 +213,31 @@ def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path, tiny_model):
     assert not np.allclose(head.params["head"]["kernel"], 0)
 
 
+def test_bf16_sgd_and_gradient_checkpointing_keep_float32_parameters(tmp_path, tiny_model):
+    result = train(
+        TrainConfig(
+            data="digits",
+            model=tiny_model,
+            output_dir=str(tmp_path / "run"),
+            steps=2,
+            batch_size=8,
+            precision="bf16",
+            gradient_checkpointing=True,
+            optimizer="sgd",
+            lr=0.1,
+            **FAST,
+        )  # fmt: skip
+    )
+    start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params)
+    end = flat(result.params)
+    assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in end.values())
+    assert not np.array_equal(
+        start["vit/transformer/blocks_0/mlp/fc1/kernel"], end["vit/transformer/blocks_0/mlp/fc1/kernel"]
+    )
+    saved = hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained(tmp_path / "run")
+    assert saved.params["head"]["kernel"].dtype == np.float32
+
+
 def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_model):
     common = dict(data="digits", model=tiny_model, steps=4, batch_size=16, eval_every=4, lr=1e-3, **FAST)
     full = train(TrainConfig(output_dir=str(tmp_path / "full"), **common))

@@ -504,3 +504,14 @@ def test_timm_checkpoint_keeps_its_backbone_and_processor(tmp_path):
     a, b = flat(converted.params["vit"]), flat(model.params["vit"])
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert model.image_processor.to_dict() == converted.image_processor.to_dict()
+
+
+def test_missing_dependencies_name_the_extra(monkeypatch):
+    import importlib.util
+
+    from hf_vit_flax.training import require_dependencies
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "grain" else real(name, *a))
+    with pytest.raises(ImportError, match=r'fine-tuning needs grain: pip install "hf-vit-flax\[train\]"'):
+        require_dependencies()

@@ -2,6 +2,7 @@
 
   hf-vit-flax convert SOURCE --output-dir DIR [--image-size N] [--push-to-hub REPO_ID] [--verify]
   hf-vit-flax predict MODEL IMAGE [IMAGE ...] [--top-k K]
+  hf-vit-flax train [MODEL] --data DATA --output-dir DIR [--epochs N | --steps N] [--batch-size B] [--lr LR] ...
   hf-vit-flax demo [--output-dir DIR]
 
 SOURCE is ``timm:<name>[.<tag>]`` (a timm checkpoint on the Hub), a local timm-format folder or
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
@@ -199,6 +201,29 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hf_vit_flax.training import TrainConfig, train
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    if args.precision is None:
+        values.pop("precision", None)
+    result = train(TrainConfig(**values))
+    print(result.summary())
+    print(f"model: hf-vit-flax predict {result.output_dir} IMAGE")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -239,6 +264,69 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files")
     predict.add_argument("--top-k", type=_positive_int, default=5)
     predict.set_defaults(run=_predict)
+
+    train = commands.add_parser(
+        "train",
+        parents=[debug],
+        help="fine-tune a model on an image folder, a Hugging Face dataset or digits",
+        description="Fine-tune MODEL on DATA; the best model by validation accuracy is saved to --output-dir "
+        "(save_pretrained), with checkpoints that a re-run of the same command resumes from.",
+    )
+    train.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="a saved folder or Hub repo, timm:<name>, crossformer:<path>, or a variant of configs/ "
+        "(default: a small ViT suited to the data)",
+    )
+    train.add_argument(
+        "--data", required=True, help="digits, an image folder, or a Hugging Face dataset (name or folder)"
+    )
+    train.add_argument("--output-dir", required=True)
+    train.add_argument(
+        "--epochs", type=_positive_int, default=None, help="default 10 (30 for digits without MODEL), or --steps"
+    )
+    train.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps (instead of --epochs)")
+    train.add_argument("--batch-size", type=_positive_int, default=None, help="global batch (default 64)")
+    train.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default 2e-3 without MODEL, else 5e-4)"
+    )
+    train.add_argument("--weight-decay", type=_fraction, default=None, help="default 0.05")
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], default=None)
+    train.add_argument("--momentum", type=_fraction, default=None, help="SGD momentum (default 0.9)")
+    train.add_argument(
+        "--warmup", type=_fraction, default=None, help="steps, or a fraction of the run < 1 (default 0.1)"
+    )
+    train.add_argument("--layer-decay", type=float, default=None, help="layer-wise lr decay (e.g. 0.75)")
+    train.add_argument("--clip-norm", type=float, default=None, help="gradient clipping (default 1.0)")
+    train.add_argument("--label-smoothing", type=_fraction, default=None, help="default 0.1")
+    train.add_argument("--grad-accum", type=_positive_int, default=None, help="micro-batches per step (default 1)")
+    train.add_argument("--precision", choices=["bf16", "fp32"], default=None, help="computation dtype (default fp32)")
+    train.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    train.add_argument(
+        "--freeze-backbone", action="store_true", default=None, help="linear probing: train the head only"
+    )
+    train.add_argument("--augment", choices=["crop-flip", "crop", "none"], default=None,
+                       help="training augmentation (default: crop-flip; crop for digits: they are not mirror-symmetric)")  # fmt: skip
+    train.add_argument("--val-fraction", type=float, default=None, help="held out when the data has no split (0.1)")
+    train.add_argument("--image-size", type=_positive_int, default=None, help="input size of a variant or timm model")
+    train.add_argument("--variant", dest="crossformer_variant", choices=["t", "s", "b", "l"], default=None,
+                       help="CrossFormer release variant of a crossformer: MODEL")  # fmt: skip
+    train.add_argument("--eval-every", type=_positive_int, default=None, help="steps (default: each epoch)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps (default: each evaluation)")
+    train.add_argument("--keep-checkpoints", type=_positive_int, default=None, help="default 2")
+    train.add_argument(
+        "--on-bad-image", choices=["skip", "error"], default=None, help="unreadable images (default skip)"
+    )
+    train.add_argument("--fsdp", action="store_true", default=None, help="shard parameters and optimizer state too")
+    train.add_argument("--workers", type=_positive_int, default=None, help="image reading threads (default 2)")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--push-to-hub", metavar="REPO_ID", default=None)
+    train.add_argument("--coordinator-address", default=None, help="multi-host: host:port of process 0")
+    train.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: number of processes")
+    train.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id")
+    train.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    train.set_defaults(run=_train)
 
     demo = commands.add_parser("demo", parents=[debug], help="offline end-to-end run: build, save, reload, classify")
     demo.add_argument("--output-dir", default="hf-vit-flax-demo")

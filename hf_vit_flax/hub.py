@@ -48,7 +48,9 @@ def model_card(model, repo_id: str | None = None) -> str:
     ``model.card_data`` (filled by the converters) may add ``license``, ``source`` (the original
     checkpoint: its Hub name, or a local file's name, never its folders, with ``source_sha256``),
     ``citation`` (BibTeX), ``parity`` (measured max |logits difference|), ``datasets``, ``tags``,
-    ``title`` and ``provenance`` (written to the metadata for the publishing pipeline).
+    ``title`` and ``provenance`` (written to the metadata for the publishing pipeline); a fine-tuning adds
+    ``base_model`` (a Hub repo id), ``eval_results`` (``huggingface_hub.EvalResult`` arguments, written as
+    ``model-index``) and ``training`` (markdown lines describing the recipe).
     """
     config, extra = model.config, dict(getattr(model, "card_data", {}) or {})
     repo = repo_id or extra.get("repo_id") or "path/to/this/model"
@@ -59,6 +61,16 @@ def model_card(model, repo_id: str | None = None) -> str:
         meta["license"] = extra["license"]
     if extra.get("datasets"):
         meta["datasets"] = list(extra["datasets"])
+    if extra.get("eval_results"):
+        # A fine-tuned model: its base checkpoint and evaluation in the model-index metadata the Hub displays.
+        from huggingface_hub import EvalResult, ModelCardData
+
+        index = ModelCardData(
+            model_name=extra.get("title", repo.split("/")[-1]),
+            base_model=extra.get("base_model"),
+            eval_results=[EvalResult(**result) for result in extra["eval_results"]],
+        ).to_dict()
+        meta.update({k: index[k] for k in ("base_model", "model-index") if k in index})
     if extra.get("provenance"):
         # What the publishing pipeline compares to skip checkpoints already published unchanged.
         meta[PROVENANCE_KEY] = dict(extra["provenance"])
@@ -97,6 +109,8 @@ def model_card(model, repo_id: str | None = None) -> str:
         "`model(pixel_values)` takes NCHW arrays as produced by the saved image processor "
         '(`transformers.AutoImageProcessor.from_pretrained(...)(images, return_tensors="np")`).',
     ]
+    if extra.get("training"):
+        body += ["", "## Training", "", *extra["training"]]
     if extra.get("citation"):
         body += ["", "## Citation", "", "```bibtex", extra["citation"].strip(), "```"]
     front_matter = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)

@@ -195,8 +195,9 @@ class _FlaxPreTrainedModel:
         As transformers' ``FlaxPreTrainedModel.from_pretrained``: ``revision``, ``cache_dir``, ``token``,
         ``local_files_only``, ``force_download`` and ``subfolder`` go to huggingface_hub; ``dtype`` is the
         computation dtype (parameters keep the dtype they were saved in: cast them with ``to_bf16``);
-        other keyword arguments update the config (``num_labels=10``) or, with ``config=`` given, go to
-        the model's constructor. With ``_do_init=False`` it returns ``(model, params)``.
+        other keyword arguments update the config (``num_labels=10``, or ``id2label={0: "cat", 1: "dog"}``,
+        which sets ``label2id`` too) or, with ``config=`` given, go to the model's constructor. With
+        ``_do_init=False`` it returns ``(model, params)``.
 
         Loading is strict: a checkpoint whose parameter names or shapes do not match the model built
         from its config is an error, except the classification head, which may be absent (it is then
@@ -228,6 +229,9 @@ class _FlaxPreTrainedModel:
         if config is None or isinstance(config, (str, os.PathLike)):
             config_path = location.require(ckpt.CONFIG_NAME, "the model's config") if config is None else config
             config, model_kwargs = cls.config_class.from_pretrained(config_path, return_unused_kwargs=True, **kwargs)
+            if kwargs.get("id2label") is not None and "label2id" not in kwargs:
+                # transformers sets label2id from id2label only at construction: new labels need both.
+                config.label2id = {label: int(i) for i, label in config.id2label.items()}
         else:
             model_kwargs = kwargs
         state = ckpt.read_weights(location.weights_files(), allow_non_finite=allow_non_finite)

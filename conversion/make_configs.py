@@ -36,9 +36,19 @@ UNSUPPORTED = CONFIGS / "_timm_unsupported.json"
 
 # What from_timm needs of a pretrained tag (the rest of timm's pretrained_cfg stays in timm).
 PRETRAINED_KEYS = (
-    "hf_hub_id", "input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
-    "license", "classifier", "label_names", "label_descriptions",
-)  # fmt: skip
+    "hf_hub_id",
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "license",
+    "classifier",
+    "label_names",
+    "label_descriptions",
+)
 
 
 def _json_value(value):

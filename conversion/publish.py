@@ -52,10 +52,13 @@ def default_manifest() -> dict:
 
     models = [{"source": f"timm:{name}", "repo_id": f"{ORGANISATION}/{name}"} for name in list_timm_models(True)]
     models += [
-        {"source": f"crossformer:conversion/checkpoints/{name}.pth", "variant": variant,
-         "repo_id": f"{ORGANISATION}/{name}"}
+        {
+            "source": f"crossformer:conversion/checkpoints/{name}.pth",
+            "variant": variant,
+            "repo_id": f"{ORGANISATION}/{name}",
+        }
         for variant, name in CROSSFORMER_RELEASES.items()
-    ]  # fmt: skip
+    ]
     return {"organisation": ORGANISATION, "models": models}
 
 

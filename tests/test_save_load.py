@@ -144,5 +144,7 @@ def test_max_shard_size_takes_transformers_units(model, tmp_path):
     assert [_parse_size(s) for s in ("150kB", "150kiB", "2MiB", 7)] == [150_000, 150 * 2**10, 2 * 2**20, 7]
     model.save_pretrained(tmp_path, max_shard_size="20kiB")
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
-    np.testing.assert_array_equal(FlaxViTForImageClassification.from_pretrained(tmp_path)(images(1, 32, 32)).logits,
-                                  model(images(1, 32, 32)).logits)  # fmt: skip
+    np.testing.assert_array_equal(
+        FlaxViTForImageClassification.from_pretrained(tmp_path)(images(1, 32, 32)).logits,
+        model(images(1, 32, 32)).logits,
+    )

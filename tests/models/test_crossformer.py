@@ -400,9 +400,16 @@ def test_original_style_other_sizes_and_training():
     # A tiny original-style model at 112: the last map (3x3) is smaller than the group size 7, so the
     # release attends over it as one whole-map group; stochastic depth makes training stochastic.
     config = CrossFormerConfig.from_original(
-        dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], merge_size=[[2, 4]] * 3,
-             patch_size=[4, 8, 16, 32], num_classes=3, drop_path_rate=0.3)
-    )  # fmt: skip
+        dict(
+            embed_dim=32,
+            depths=[2, 2, 2, 2],
+            num_heads=[1, 2, 4, 8],
+            merge_size=[[2, 4]] * 3,
+            patch_size=[4, 8, 16, 32],
+            num_classes=3,
+            drop_path_rate=0.3,
+        )
+    )
     module = CrossFormer(**config.to_module_kwargs())
     x = jnp.asarray(images(2, 112, 112, seed=7).transpose(0, 2, 3, 1))
     # Random parameters of the right shapes, without compiling the initialisers.

@@ -95,9 +95,16 @@ def test_seed_readme_snippet():
     key = jax.random.PRNGKey(0)
     img = jax.random.normal(key, (1, 256, 256, 3))
     v = ViT(
-        image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048,
-        dropout=0.1, emb_dropout=0.1,
-    )  # fmt: skip
+        image_size=256,
+        patch_size=32,
+        num_classes=1000,
+        dim=1024,
+        depth=6,
+        heads=16,
+        mlp_dim=2048,
+        dropout=0.1,
+        emb_dropout=0.1,
+    )
     init_rngs = {
         "params": jax.random.PRNGKey(1),
         "dropout": jax.random.PRNGKey(2),
@@ -208,8 +215,9 @@ def test_config_validation(kwargs, match):
 
 
 def test_config_aliases():
-    config = ViTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192,
-                       num_channels=1, num_labels=7)  # fmt: skip
+    config = ViTConfig(
+        hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192, num_channels=1, num_labels=7
+    )
     assert (config.dim, config.depth, config.heads, config.mlp_dim, config.channels) == (96, 3, 6, 192, 1)
     assert config.num_classes == 7 and len(config.id2label) == 7
     config.hidden_size = 48

@@ -31,19 +31,26 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_
 FEATURES = {
     "conv-embed-qkv-bias-cls-token": ("vit_tiny_patch16_224", {}, dict(patch_embedding="conv", qkv_bias=True)),
     "avg-pool-fc-norm-no-class-token": (
-        "vit_base_patch16_224", dict(global_pool="avg", class_token=False),
+        "vit_base_patch16_224",
+        dict(global_pool="avg", class_token=False),
         dict(pool="mean", fc_norm=True, class_token=False),
     ),
     "avg-pool-with-class-token": (
-        "vit_base_patch16_224", dict(global_pool="avg"), dict(pool="mean", fc_norm=True, class_token=True),
+        "vit_base_patch16_224",
+        dict(global_pool="avg"),
+        dict(pool="mean", fc_norm=True, class_token=True),
     ),
     "no-qkv-bias-layerscale-avg-final-norm": (
-        "vit_medium_patch16_gap_256", {}, dict(qkv_bias=False, pool="mean", fc_norm=False, class_token=False),
+        "vit_medium_patch16_gap_256",
+        {},
+        dict(qkv_bias=False, pool="mean", fc_norm=False, class_token=False),
     ),
     "avg-pool-final-norm-siglip-gap": ("vit_base_patch16_siglip_gap_224", {}, dict(pool="mean", fc_norm=False)),
     "register-tokens": ("vit_base_patch16_224", dict(reg_tokens=4), dict(reg_tokens=4, no_embed_class=False)),
     "registers-no-embed-class-layerscale": (
-        "vit_wee_patch16_reg1_gap_256", {}, dict(reg_tokens=1, no_embed_class=True, layer_scale_init=1e-5),
+        "vit_wee_patch16_reg1_gap_256",
+        {},
+        dict(reg_tokens=1, no_embed_class=True, layer_scale_init=1e-5),
     ),
     "no-embed-class-layerscale-deit3": ("deit3_small_patch16_224", {}, dict(no_embed_class=True)),
     "clip-pre-norm-eps-1e-5": ("vit_base_patch16_clip_224", {}, dict(pre_norm=True, patch_bias=False)),
@@ -53,7 +60,9 @@ FEATURES = {
     "distilled-head": ("deit_tiny_distilled_patch16_224", {}, dict(distilled=True)),
     "no-final-norm": ("vit_base_patch16_224", dict(final_norm=False), dict(final_norm=False)),
     "rectangular-image-and-patch": (
-        "vit_base_patch16_224", dict(img_size=(32, 48), patch_size=(8, 12)), dict(image_size=[32, 48]),
+        "vit_base_patch16_224",
+        dict(img_size=(32, 48), patch_size=(8, 12)),
+        dict(image_size=[32, 48]),
     ),
     "image-not-divisible-by-patch": ("vit_base_patch16_224", dict(img_size=36), dict(image_size=36)),
     "training-options": (
@@ -61,7 +70,7 @@ FEATURES = {
         dict(drop_path_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, pos_drop_rate=0.05, drop_rate=0.2),
         dict(drop_path_rate=0.1, dropout=0.1, emb_dropout=0.05, head_dropout=0.2),
     ),
-}  # fmt: skip
+}
 
 EPS = {"clip-pre-norm-eps-1e-5": 1e-5, "clip-quick-gelu": 1e-5}
 

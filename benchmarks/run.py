@@ -84,7 +84,7 @@ def _from_timm(module):
     from_timm = getattr(hf_vit_flax, "from_timm", None)
     if from_timm is None:
         try:
-            from hf_vit_flax.timm import from_timm
+            from hf_vit_flax.timm_weights import from_timm
         except ImportError as err:
             raise Skip(f"hf_vit_flax.from_timm is not available ({err})") from err
     try:

@@ -53,8 +53,8 @@ BAD_PIXEL_VALUES = [
 ]
 
 
-def assert_seed_module_rejects_bad_images(module, size: int = 32):
-    """A seed module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
+def assert_core_module_rejects_bad_images(module, size: int = 32):
+    """A core module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
     import jax
     import jax.numpy as jnp
     import pytest

@@ -136,13 +136,13 @@ def test_construction_refuses_the_field(family, field, value, match):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_seed_module_refuses_what_its_config_refuses_field_by_field(family):
+def test_the_core_module_refuses_what_its_config_refuses_field_by_field(family):
     # ViT(patch_size=0) and the like: the config's per-field error at construction, not a ZeroDivisionError
     # in the forward pass.
-    seed_module = FAMILIES[family].model_class.module_class.seed_module_class
+    core_module = FAMILIES[family].model_class.module_class.core_module_class
     field_checks = FAMILIES[family].config_class.field_checks
     kwargs = tiny_config(family).to_module_kwargs()
-    names = {f.name for f in dataclasses.fields(seed_module)}
+    names = {f.name for f in dataclasses.fields(core_module)}
     checked = 0
     for field, value, match in COMMON_BAD_FIELDS + FAMILY_BAD_FIELDS[family]:
         if field not in names or field not in field_checks:
@@ -151,10 +151,10 @@ def test_the_seed_module_refuses_what_its_config_refuses_field_by_field(family):
             field_checks[field](field, value)
         except ValueError:  # a per-field error (the others come from rules between fields, at build time)
             with pytest.raises(ValueError, match=match):
-                seed_module(**{**kwargs, field: value})
+                core_module(**{**kwargs, field: value})
             checked += 1
     assert checked >= 5
-    seed_module(**kwargs)  # the good values pass
+    core_module(**kwargs)  # the good values pass
 
 
 @pytest.mark.parametrize("family, field, value, match", BAD_FIELDS)

@@ -262,7 +262,7 @@ def test_an_empty_batch_gives_empty_outputs(family, variant):
     assert shapes(classifier, train=True, dropout_rng=jax.random.key(0)).logits.shape == (0, 3)
     base = FAMILIES[family].model_class(config, _do_init=False)
     assert all(leaf.shape[0] == 0 for leaf in jax.tree.leaves(shapes(base)))
-    # The seed module, NHWC.
+    # The core module, NHWC.
     module = SEED_MODULES[family](**config.to_module_kwargs())
     variables = {"params": classifier.params[classifier.base_model_prefix]}
     assert jax.eval_shape(module.apply, variables, jnp.zeros((0, 32, 32, 3))).shape == (0, 3)

@@ -150,7 +150,7 @@ def test_pipeline_publishes_then_skips_unchanged_then_republishes(tmp_path):
 
 
 def test_manifest_covers_every_supported_pretrained_tag():
-    from hf_vit_flax.timm import list_timm_models
+    from hf_vit_flax.timm_weights import list_timm_models
 
     with open(os.path.join(ROOT, "conversion", "manifest.json")) as f:
         manifest = json.load(f)

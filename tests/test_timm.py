@@ -21,7 +21,7 @@ import torch
 
 import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViTConfig
-from hf_vit_flax.timm import (
+from hf_vit_flax.timm_weights import (
     _labels,
     image_processor_from_pretrained_cfg,
     imagenet_labels,

@@ -15,8 +15,8 @@ from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     randomize_,
     torch_logits,
@@ -64,7 +64,7 @@ def nhwc(x):
     return jnp.asarray(x.transpose(0, 2, 3, 1))
 
 
-# The seed module runs eagerly in these tests: compiling each small model once costs more than it saves.
+# The core module runs eagerly in these tests: compiling each small model once costs more than it saves.
 def init_params(module, shape, seed=0):
     return module.init(jax.random.key(seed), jnp.zeros(shape))["params"]
 
@@ -106,7 +106,7 @@ def test_parity_with_vit_pytorch(name):
     assert model.config.to_module_kwargs()["dim_head"] == kwargs.get("dim_head", 64)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     assert_parity(apply(CaiT(**kwargs), model.module_params()["params"], x), expected)
 
 
@@ -392,7 +392,7 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
 
 
 def test_remat_and_dtype(small):
-    # (Eager seed module vs the jitted HF wrapper is compared by every parity test.)
+    # (Eager core module vs the jitted HF wrapper is compared by every parity test.)
     x = images(2, 32, 32)
     remat = FlaxCaiTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
     assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
@@ -410,9 +410,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = CaiT(**PARITY_CONFIGS["small"])
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch size"):
         bad = CaiT(**dict(PARITY_CONFIGS["small"], image_size=30))
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))

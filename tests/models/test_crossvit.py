@@ -24,8 +24,8 @@ from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, conve
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     max_abs_diff,
     randomize_,
@@ -149,7 +149,7 @@ def nhwc(x):
 
 
 def pooled_features(model, x):
-    """``pooler_output`` of a classification model, through the seed module's ``forward_features``."""
+    """``pooler_output`` of a classification model, through the core module's ``forward_features``."""
     module = CrossViT(**model.config.to_module_kwargs())
     variables = model.module_params()
     return module.apply(variables, nhwc(x), method=CrossViT.forward_features).pooler_output
@@ -170,7 +170,7 @@ def test_parity_with_vit_pytorch(name):
     assert model.config.style == "vit_pytorch"
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     logits = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     assert_parity(logits, expected)
 
@@ -217,7 +217,7 @@ def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
     assert out.pooler_output.shape == (2, 32 + 48)
     assert max_abs_diff(out.pooler_output, expected_pooled) <= 1e-5
     assert max_abs_diff(out.last_hidden_state, sm.numpy()) <= 1e-5
-    # The seed module without heads returns the pooled features.
+    # The core module without heads returns the pooled features.
     pooled = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     np.testing.assert_allclose(pooled, out.pooler_output, atol=1e-5)
 
@@ -366,7 +366,7 @@ def test_config_validation(kwargs, match):
         CrossViTConfig(**kwargs)
 
 
-def test_seed_module_validates_too():
+def test_core_module_validates_too():
     bad = CrossViT(image_size=30, num_classes=3, sm_dim=16, lg_dim=16, sm_patch_size=4, lg_patch_size=8)
     with pytest.raises(ValueError, match="not divisible by sm_patch_size 4"):
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
@@ -386,9 +386,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = CrossViT(**PARITY_CONFIGS["different-widths"])
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
 
 
 # -- Part B: timm -------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     randomize_,
     torch_logits,
@@ -52,7 +52,7 @@ def test_parity_with_vit_pytorch(name):
     assert isinstance(model, FlaxViTForImageClassification)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     module = ViT(**kwargs)
     logits = module.apply(model.module_params(), jnp.asarray(x.transpose(0, 2, 3, 1)))
     assert_parity(logits, expected)
@@ -232,9 +232,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch width"):
         bad = ViT(image_size=(32, 36), patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 32, 36, 3)))

@@ -22,7 +22,7 @@ import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
 from hf_vit_flax.conversion_utils import resample_abs_pos_embed, to_numpy
 from hf_vit_flax.models.vit.convert_vit import config_from_timm, convert_timm
-from hf_vit_flax.timm import timm_variant_info
+from hf_vit_flax.timm_weights import timm_variant_info
 from tests.helpers import assert_parity, images, randomize_, torch_logits
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
@@ -128,7 +128,7 @@ def test_parity_per_feature_through_every_source(feature, tmp_path, offline_hub)
     assert model.config.layer_norm_eps == EPS.get(feature, 1e-6)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     logits = ViT(**model.config.to_module_kwargs()).apply(model.module_params(), x.transpose(0, 2, 3, 1))
     assert_parity(logits, expected)
 

@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 
 from ...layers import (
+    CoreModule,
     DropPath,
     Features,
     FeedForward,
     LayerScale,
     LinearHead,
-    SeedModel,
     attend,
     check_image,
     gradient_barrier,
@@ -45,7 +45,7 @@ from ...layers import (
     pair,
     remat_if,
 )
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_cait import CaiTConfig, validate_cait
 
@@ -387,7 +387,7 @@ class CaiTStack(nn.Module):
         return x, hidden_states, attentions
 
 
-class CaiT(SeedModel):
+class CaiT(CoreModule):
     """Class-Attention in Image Transformers, with vit-pytorch's constructor arguments; NHWC images.
 
     ``CaiT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -520,13 +520,13 @@ class CaiT(SeedModel):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCaiTModule(FlaxBackboneModule):
-    seed_module_class = CaiT
+class FlaxCaiTModule(FlaxBaseModelModule):
+    core_module_class = CaiT
     base_model_prefix = "cait"
 
 
 class FlaxCaiTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = CaiT
+    core_module_class = CaiT
     base_model_prefix = "cait"
 
 

@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...layers import (
+    CoreModule,
     DropPath,
     Features,
-    SeedModel,
     Transformer,
     TransformerBlock,
     attend,
@@ -50,7 +50,7 @@ from ...layers import (
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_crossvit import CrossViTConfig, check_crossvit_arguments
 
@@ -466,7 +466,7 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     return out
 
 
-class CrossViT(SeedModel):
+class CrossViT(CoreModule):
     """CrossViT with vit-pytorch's constructor arguments (plus timm's options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum of the two
@@ -665,14 +665,14 @@ class FlaxCrossViTImageClassifierOutput(FlaxSequenceClassifierOutput):
     lg_attentions: tuple | None = None
 
 
-class FlaxCrossViTModule(FlaxBackboneModule):
-    seed_module_class = CrossViT
+class FlaxCrossViTModule(FlaxBaseModelModule):
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
     output_class = FlaxCrossViTModelOutput
 
 
 class FlaxCrossViTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = CrossViT
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
     output_class = FlaxCrossViTImageClassifierOutput
 

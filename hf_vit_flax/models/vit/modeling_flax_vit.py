@@ -22,9 +22,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ...layers import (
+    CoreModule,
     Features,
     FeedForward,
-    SeedModel,
     Transformer,
     attend,
     check_divisible,
@@ -34,7 +34,7 @@ from ...layers import (
     pair,
     patchify,
 )
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
 
 
@@ -129,7 +129,7 @@ class ViTHead(nn.Module):
         return self.head(pooled)
 
 
-class ViT(SeedModel):
+class ViT(CoreModule):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -289,13 +289,13 @@ class ViT(SeedModel):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxViTModule(FlaxBackboneModule):
-    seed_module_class = ViT
+class FlaxViTModule(FlaxBaseModelModule):
+    core_module_class = ViT
     base_model_prefix = "vit"
 
 
 class FlaxViTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = ViT
+    core_module_class = ViT
     base_model_prefix = "vit"
 
 
@@ -316,8 +316,3 @@ class FlaxViTForImageClassification(FlaxViTPreTrainedModel):
     """ViT with its classification head; ``logits`` of shape ``(batch, num_labels)``."""
 
     module_class = FlaxViTForImageClassificationModule
-
-
-def seed_params(model: FlaxViTForImageClassification) -> dict:
-    """The parameters of ``model`` as ``ViT.apply`` takes them (``model.module_params()``)."""
-    return model.module_params()

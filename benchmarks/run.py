@@ -84,7 +84,7 @@ def _from_timm(module):
     from_timm = getattr(hf_vit_flax, "from_timm", None)
     if from_timm is None:
         try:
-            from hf_vit_flax.timm import from_timm
+            from hf_vit_flax.timm_weights import from_timm
         except ImportError as err:
             raise Skip(f"hf_vit_flax.from_timm is not available ({err})") from err
     try:
@@ -140,16 +140,36 @@ def hf_flax_entry(key, model, arch, image_size, quick=False) -> Entry:
 # vit-pytorch's README configurations (the seed API), dropout off: eval-mode parity and a deterministic step.
 SEED_VIT = dict(image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048)
 SEED_CAIT = dict(
-    image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=12, cls_depth=2, heads=16, mlp_dim=2048,
+    image_size=256,
+    patch_size=32,
+    num_classes=1000,
+    dim=1024,
+    depth=12,
+    cls_depth=2,
+    heads=16,
+    mlp_dim=2048,
     layer_dropout=0.0,
-)  # fmt: skip
+)
 SEED_CROSSVIT = dict(
-    image_size=256, num_classes=1000, depth=4, sm_dim=192, sm_patch_size=16, sm_enc_depth=2, sm_enc_heads=8,
-    sm_enc_mlp_dim=2048, lg_dim=384, lg_patch_size=64, lg_enc_depth=3, lg_enc_heads=8, lg_enc_mlp_dim=2048,
-    cross_attn_depth=2, cross_attn_heads=8,
-)  # fmt: skip
-SEED_CROSSFORMER = dict(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), global_window_size=(8, 4, 2, 1),
-                        local_window_size=7)  # fmt: skip
+    image_size=256,
+    num_classes=1000,
+    depth=4,
+    sm_dim=192,
+    sm_patch_size=16,
+    sm_enc_depth=2,
+    sm_enc_heads=8,
+    sm_enc_mlp_dim=2048,
+    lg_dim=384,
+    lg_patch_size=64,
+    lg_enc_depth=3,
+    lg_enc_heads=8,
+    lg_enc_mlp_dim=2048,
+    cross_attn_depth=2,
+    cross_attn_heads=8,
+)
+SEED_CROSSFORMER = dict(
+    num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), global_window_size=(8, 4, 2, 1), local_window_size=7
+)
 
 ENTRIES: list[Entry] = [
     timm_entry("vit_ti16", "ViT-Ti/16", "vit_tiny_patch16_224", 224, quick=True, compile=True),
@@ -187,9 +207,19 @@ def to_transformers_flax_vit(ours):
     from hf_vit_flax.conversion_utils import check_tree
 
     cfg = ours.config
-    original_vit = dict(patch_embedding="conv", qkv_bias=True, pool="cls", reg_tokens=0, distilled=False,
-                        no_embed_class=False, pre_norm=False, final_norm=True, fc_norm=False, layer_scale_init=None,
-                        mlp_activation="gelu")  # fmt: skip
+    original_vit = dict(
+        patch_embedding="conv",
+        qkv_bias=True,
+        pool="cls",
+        reg_tokens=0,
+        distilled=False,
+        no_embed_class=False,
+        pre_norm=False,
+        final_norm=True,
+        fc_norm=False,
+        layer_scale_init=None,
+        mlp_activation="gelu",
+    )
     if (
         cfg.class_token is False
         or cfg.heads * cfg.dim_head != cfg.dim
@@ -197,10 +227,18 @@ def to_transformers_flax_vit(ours):
     ):
         raise Skip("transformers' FlaxViT expresses timm's original ViT only (conv patches, qkv bias, class token)")
     hf_config = HFViTConfig(
-        hidden_size=cfg.dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.heads, intermediate_size=cfg.mlp_dim,
-        hidden_act="gelu", layer_norm_eps=cfg.layer_norm_eps, image_size=cfg.image_size, patch_size=cfg.patch_size,
-        num_channels=cfg.channels, qkv_bias=True, num_labels=cfg.num_labels,
-    )  # fmt: skip
+        hidden_size=cfg.dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.heads,
+        intermediate_size=cfg.mlp_dim,
+        hidden_act="gelu",
+        layer_norm_eps=cfg.layer_norm_eps,
+        image_size=cfg.image_size,
+        patch_size=cfg.patch_size,
+        num_channels=cfg.channels,
+        qkv_bias=True,
+        num_labels=cfg.num_labels,
+    )
     p = ours.module_params()["params"]
     dim = cfg.dim
     layers = {}
@@ -646,8 +684,9 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
 
     # Counted on the float32 module: in bfloat16 on a GPU the attention is a cuDNN call, not a dot_general.
     module = ours_model.module.clone(dtype=jnp.float32)
-    flops = count_flops(lambda x: module.apply({"params": ours_model.params}, x).logits,
-                        jnp.zeros((1, size, size, 3), jnp.float32))  # fmt: skip
+    flops = count_flops(
+        lambda x: module.apply({"params": ours_model.params}, x).logits, jnp.zeros((1, size, size, 3), jnp.float32)
+    )
     record["gflops_per_image"] = flops / 1e9
 
     compiled = None
@@ -676,8 +715,10 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
             "reference_efficiency": flops * n / timing.median("reference") / rate,
             "samples": timing.samples,
         }
-        log(f"  {label}: speedup {record[label]['speedup']:.3f}  ours {n / timing.median('ours'):.2f} img/s  "
-            f"reference {n / timing.median('reference'):.2f} img/s  efficiency {record[label]['ours_efficiency']:.0%}")  # fmt: skip
+        log(
+            f"  {label}: speedup {record[label]['speedup']:.3f}  ours {n / timing.median('ours'):.2f} img/s  "
+            f"reference {n / timing.median('reference'):.2f} img/s  efficiency {record[label]['ours_efficiency']:.0%}"
+        )
         if "compiled" in fns:
             record[label].update(
                 compiled_s=timing.median("compiled"),
@@ -686,8 +727,10 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
                 compiled_over_eager=timing.ratio("reference", "compiled"),
                 compiled_efficiency=flops * n / timing.median("compiled") / rate,
             )
-            log(f"  {label} vs torch.compile: speedup {record[label]['speedup_compiled']:.3f}  "
-                f"compiled {n / timing.median('compiled'):.2f} img/s")  # fmt: skip
+            log(
+                f"  {label} vs torch.compile: speedup {record[label]['speedup_compiled']:.3f}  "
+                f"compiled {n / timing.median('compiled'):.2f} img/s"
+            )
     record["compile_s"] = max(record["first_call_s"] - record["batch1"]["ours_s"], 0.0)
 
     if settings.train and entry.train and entry.kind == "torch":
@@ -707,8 +750,10 @@ def run_entry(entry: Entry, settings: Settings, rate: float, log=print) -> dict[
             "ours_efficiency": 3 * flops * batch / timing.median("ours") / rate,  # backward ~ 2x forward
             "samples": timing.samples,
         }
-        log(f"  train step: speedup {record['train']['speedup']:.3f}  ours {timing.median('ours'):.2f} s  "
-            f"reference {timing.median('reference'):.2f} s")  # fmt: skip
+        log(
+            f"  train step: speedup {record['train']['speedup']:.3f}  ours {timing.median('ours'):.2f} s  "
+            f"reference {timing.median('reference'):.2f} s"
+        )
     jax.clear_caches()
     return record
 
@@ -940,8 +985,12 @@ def main(argv=None, entries: list[Entry] | None = None) -> dict[str, Any]:
             record = run_entry(entry, settings, rate["jax_gflops"] * 1e9, log=lambda s: print(s, flush=True))
         except Exception as err:  # one failing entry (out of memory, a parity failure) must not end the run
             print(f"  failed: {type(err).__name__}: {err}", flush=True)
-            record = {"key": entry.key, "model": entry.model, "reference": entry.reference,
-                      "failed": f"{type(err).__name__}: {str(err)[:500]}"}  # fmt: skip
+            record = {
+                "key": entry.key,
+                "model": entry.model,
+                "reference": entry.reference,
+                "failed": f"{type(err).__name__}: {str(err)[:500]}",
+            }
             jax.clear_caches()
         result["entries"].append(record)
         result["machine"]["load_average_end"] = _loadavg()

@@ -13,7 +13,7 @@ read with the family's ``config_from_timm``, and
                                                            crop_mode, mean, std, num_classes, license, ...}}
                                     }
 
-is written (``hf_vit_flax.timm.load_variant_config`` reads it back). Architectures a family does
+is written (``hf_vit_flax.timm_weights.load_variant_config`` reads it back). Architectures a family does
 not express (``config_from_timm`` raises ``NotImplementedError``) are listed, with the reason, in
 ``configs/_timm_unsupported.json``. The reference parameter count is checked here against the
 Flax model (``jax.eval_shape``), and again by ``tests/test_configs.py``.
@@ -36,9 +36,19 @@ UNSUPPORTED = CONFIGS / "_timm_unsupported.json"
 
 # What from_timm needs of a pretrained tag (the rest of timm's pretrained_cfg stays in timm).
 PRETRAINED_KEYS = (
-    "hf_hub_id", "input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std", "num_classes",
-    "license", "classifier", "label_names", "label_descriptions",
-)  # fmt: skip
+    "hf_hub_id",
+    "input_size",
+    "interpolation",
+    "crop_pct",
+    "crop_mode",
+    "mean",
+    "std",
+    "num_classes",
+    "license",
+    "classifier",
+    "label_names",
+    "label_descriptions",
+)
 
 
 def _json_value(value):

@@ -48,14 +48,17 @@ def default_manifest() -> dict:
     The CrossFormer checkpoints are distributed outside the Hub: download them into
     ``conversion/checkpoints/`` (``crossformer-t.pth`` ...) before publishing those entries.
     """
-    from hf_vit_flax.timm import list_timm_models
+    from hf_vit_flax.timm_weights import list_timm_models
 
     models = [{"source": f"timm:{name}", "repo_id": f"{ORGANISATION}/{name}"} for name in list_timm_models(True)]
     models += [
-        {"source": f"crossformer:conversion/checkpoints/{name}.pth", "variant": variant,
-         "repo_id": f"{ORGANISATION}/{name}"}
+        {
+            "source": f"crossformer:conversion/checkpoints/{name}.pth",
+            "variant": variant,
+            "repo_id": f"{ORGANISATION}/{name}",
+        }
         for variant, name in CROSSFORMER_RELEASES.items()
-    ]  # fmt: skip
+    ]
     return {"organisation": ORGANISATION, "models": models}
 
 

@@ -30,7 +30,7 @@ from .models.crossvit.modeling_flax_crossvit import CrossViT, FlaxCrossViTForIma
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
-from .timm import from_timm, list_timm_models
+from .timm_weights import from_timm, list_timm_models
 
 __version__ = "0.1.0"
 

@@ -19,9 +19,18 @@ from typing import Any
 
 # The extensions that decide the speed of float32 / bfloat16 matmuls and element-wise code.
 VECTOR_EXTENSIONS = (
-    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8",
-    "asimd", "sve",
-)  # fmt: skip
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "sve",
+)
 
 
 @dataclasses.dataclass(frozen=True)

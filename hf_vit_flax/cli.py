@@ -183,9 +183,15 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         print("timm is not installed (pip install -e '.[torch]'): building a small ViT from a config instead")
         config = hf_vit_flax.ViTConfig(
-            image_size=224, patch_size=16, num_classes=10, dim=192, depth=4, heads=3, mlp_dim=768,
+            image_size=224,
+            patch_size=16,
+            num_classes=10,
+            dim=192,
+            depth=4,
+            heads=3,
+            mlp_dim=768,
             id2label={i: f"class_{i}" for i in range(10)},
-        )  # fmt: skip
+        )
         model = hf_vit_flax.FlaxViTForImageClassification(config, seed=0)
     model_dir = os.path.join(args.output_dir, "model")
     model.save_pretrained(model_dir)
@@ -306,12 +312,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--freeze-backbone", action="store_true", default=None, help="linear probing: train the head only"
     )
-    train.add_argument("--augment", choices=["crop-flip", "crop", "none"], default=None,
-                       help="training augmentation (default: crop-flip; crop for digits: they are not mirror-symmetric)")  # fmt: skip
+    train.add_argument(
+        "--augment",
+        choices=["crop-flip", "crop", "none"],
+        default=None,
+        help="training augmentation (default: crop-flip; crop for digits: they are not mirror-symmetric)",
+    )
     train.add_argument("--val-fraction", type=float, default=None, help="held out when the data has no split (0.1)")
     train.add_argument("--image-size", type=_positive_int, default=None, help="input size of a variant or timm model")
-    train.add_argument("--variant", dest="crossformer_variant", choices=["t", "s", "b", "l"], default=None,
-                       help="CrossFormer release variant of a crossformer: MODEL")  # fmt: skip
+    train.add_argument(
+        "--variant",
+        dest="crossformer_variant",
+        choices=["t", "s", "b", "l"],
+        default=None,
+        help="CrossFormer release variant of a crossformer: MODEL",
+    )
     train.add_argument("--eval-every", type=_positive_int, default=None, help="steps (default: each epoch)")
     train.add_argument("--checkpoint-every", type=_positive_int, default=None, help="steps (default: each evaluation)")
     train.add_argument("--keep-checkpoints", type=_positive_int, default=None, help="default 2")

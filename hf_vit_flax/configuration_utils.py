@@ -93,7 +93,7 @@ class VisionTransformerConfig(PretrainedConfig):
         raise NotImplementedError
 
     def to_module_kwargs(self) -> dict[str, Any]:
-        """Constructor keyword arguments of the family's seed-API linen module."""
+        """Constructor keyword arguments of the family's core linen module."""
         raise NotImplementedError
 
     # -- shared -----------------------------------------------------------------------------------

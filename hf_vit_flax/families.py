@@ -21,13 +21,13 @@ class Family:
     model_class: type[FlaxVisionPreTrainedModel]
     classifier_class: type[FlaxVisionPreTrainedModel]
     # vit-pytorch: the reference class ("module.Class"), reading a config off a live module, and
-    # the pure-numpy state-dict converter (returns the seed module's params).
+    # the pure-numpy state-dict converter (returns the core module's params).
     vit_pytorch_class: str
     config_from_vit_pytorch: Callable[[Any], VisionTransformerConfig]
     convert_vit_pytorch: Callable[[dict, VisionTransformerConfig], dict]
     # timm (optional): architecture-name prefixes this family converts (e.g. ("cait_",)), reading a
     # config off a live timm model (duck-typed, no torch import), and the pure-numpy converter from
-    # a timm state dict to the seed module's params.
+    # a timm state dict to the core module's params.
     timm_prefixes: tuple[str, ...] = ()
     config_from_timm: Callable[[Any], VisionTransformerConfig] | None = None
     convert_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None

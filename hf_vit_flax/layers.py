@@ -36,8 +36,8 @@ class Features(NamedTuple):
     extra: dict | None = None
 
 
-class SeedModel(nn.Module):
-    """Base of the seed-style modules (``ViT``, ``CaiT``, ``CrossViT``, ``CrossFormer``).
+class CoreModule(nn.Module):
+    """Base of the core modules (``ViT``, ``CaiT``, ``CrossViT``, ``CrossFormer``: the seed README's API).
 
     ``model.apply(params, img, train=False)`` returns logits ``(batch, num_classes)``, or with
     ``num_classes <= 0`` the features named by ``headless_output`` (as the PyTorch original returns
@@ -46,7 +46,7 @@ class SeedModel(nn.Module):
     """
 
     headless_output: ClassVar[str] = "last_hidden_state"
-    # The classification head, a module whose fields are a subset of the seed module's (same names).
+    # The classification head, a module whose fields are a subset of the core module's (same names).
     head_class: ClassVar[type[nn.Module]]
     # The family's config class: its ``field_checks`` validate this module's fields of the same name.
     config_class: ClassVar[type]
@@ -62,14 +62,14 @@ class SeedModel(nn.Module):
 
     @classmethod
     def head_module(cls, kwargs: dict) -> nn.Module:
-        """The family's head built from seed-module keyword arguments (the fields it does not take are ignored)."""
+        """The family's head built from core-module keyword arguments (the fields it does not take are ignored)."""
         names = {f.name for f in dataclasses.fields(cls.head_class)} - {"parent", "name"}
         return cls.head_class(**{k: v for k, v in kwargs.items() if k in names})
 
     def setup_head(self) -> None:
         """Create the head (with ``num_classes > 0``) in this module's own scope: its parameters sit at the
         top level (``head``, ``sm_head`` ...), where checkpoints and converters name them. The HF classifier
-        shell builds the same head next to the headless seed module, so both share one implementation."""
+        shell builds the same head next to the headless core module, so both share one implementation."""
         if self.num_classes > 0:
             names = {f.name for f in dataclasses.fields(self.head_class)} - {"parent", "name"}
             self.classifier = self.head_module({k: getattr(self, k) for k in names})

@@ -1,14 +1,14 @@
 """The Hugging Face face shared by every family.
 
-A family provides a seed-API linen module (``ViT``, ``CaiT`` ...) with three methods:
+A family provides a core linen module (``ViT``, ``CaiT`` ...) with three methods:
 ``forward_features(img, *, train, output_hidden_states, output_attentions) -> Features``,
 ``forward_head(pooler_output) -> logits`` and ``__call__(img, train=False) -> logits``.
 Everything here is written once against that vocabulary:
 
-* ``FlaxBackboneModule`` / ``FlaxClassifierModule``: config-driven linen shells around the headless
-  seed module, in transformers' Flax parameter layout: a ``Flax<Family>Model``'s parameters are the bare
+* ``FlaxBaseModelModule`` / ``FlaxClassifierModule``: config-driven linen shells around the headless
+  core module, in transformers' Flax parameter layout: a ``Flax<Family>Model``'s parameters are the bare
   backbone tree; a ``Flax<Family>ForImageClassification``'s are ``{base_model_prefix: backbone,
-  <head names>: head}``, the head (the family's own head module, same parameter names as in the seed
+  <head names>: head}``, the head (the family's own head module, same parameter names as in the core
   module) outside the prefix. ``params[base_model_prefix]`` moves between the two, and a checkpoint of
   either loads into the other.
 * ``FlaxVisionPreTrainedModel``: NCHW ``pixel_values`` in (transposed once, here), a jitted apply,
@@ -42,7 +42,7 @@ class _ShellModule(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     gradient_checkpointing: bool = False
 
-    seed_module_class: ClassVar[type[nn.Module]]
+    core_module_class: ClassVar[type[nn.Module]]
     base_model_prefix: ClassVar[str]
     with_head: ClassVar[bool] = False
     # The transformers output class; a family with further outputs (``Features.extra``) subclasses it.
@@ -50,10 +50,10 @@ class _ShellModule(nn.Module):
 
     def setup(self):
         kwargs = {**self.config.to_module_kwargs(), "dtype": self.dtype, "param_dtype": self.param_dtype}
-        backbone = self.seed_module_class(**{**kwargs, "num_classes": 0}, remat=self.gradient_checkpointing)
+        backbone = self.core_module_class(**{**kwargs, "num_classes": 0}, remat=self.gradient_checkpointing)
         setattr(self, self.base_model_prefix, backbone)
         if self.with_head:  # {prefix: backbone, head names: head}, as transformers' Flax heads
-            self.classifier = self.seed_module_class.head_module(kwargs)
+            self.classifier = self.core_module_class.head_module(kwargs)
             nn.share_scope(self, self.classifier)
         else:  # the bare backbone tree, as transformers' Flax base models
             nn.share_scope(self, backbone)
@@ -67,7 +67,7 @@ class _ShellModule(nn.Module):
         )
 
     def outputs(self, features: Features, return_dict: bool):
-        """The model output (a transformers output class, or a tuple) built from the seed module's features."""
+        """The model output (a transformers output class, or a tuple) built from the core module's features."""
         raise NotImplementedError
 
     def __call__(
@@ -82,7 +82,7 @@ class _ShellModule(nn.Module):
         return self.outputs(features, return_dict)
 
 
-class FlaxBackboneModule(_ShellModule):
+class FlaxBaseModelModule(_ShellModule):
     """Features only: ``last_hidden_state`` (the normed tokens) and ``pooler_output``."""
 
     output_class: ClassVar[type] = FlaxBaseModelOutputWithPooling
@@ -133,7 +133,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
     main_input_name = "pixel_values"
     module_class: type[_ShellModule] = None
     # Top-level parameter names of the classification head (next to ``base_model_prefix`` in a classifier's
-    # parameters, and at the top level of the seed module's).
+    # parameters, and at the top level of the core module's).
     head_param_names: ClassVar[tuple[str, ...]] = ("head",)
 
     def __init__(
@@ -190,9 +190,9 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         return cls.module_class.with_head
 
     def module_params(self, params: dict | None = None) -> dict:
-        """``{"params": ...}`` as the family's seed module (``hf_vit_flax.ViT(...)`` etc.) takes it in ``apply``.
+        """``{"params": ...}`` as the family's core module (``hf_vit_flax.ViT(...)`` etc.) takes it in ``apply``.
 
-        The seed module holds backbone and head in one tree; this model holds them in transformers'
+        The core module holds backbone and head in one tree; this model holds them in transformers'
         layout (see :mod:`hf_vit_flax.modeling_utils`). ``params`` defaults to the model's own.
         """
         params = unfreeze(params if params is not None else self.params)
@@ -202,19 +202,19 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         return {"params": {**params[self.base_model_prefix], **heads}}
 
     @classmethod
-    def params_from_module(cls, seed_params: dict) -> dict:
-        """The inverse of :meth:`module_params`: a seed-module parameter tree in this model's layout."""
-        seed_params = unfreeze(seed_params)
-        seed_params = seed_params.get("params", seed_params) if set(seed_params) == {"params"} else seed_params
+    def params_from_module(cls, core_params: dict) -> dict:
+        """The inverse of :meth:`module_params`: a core-module parameter tree in this model's layout."""
+        core_params = unfreeze(core_params)
+        core_params = core_params.get("params", core_params) if set(core_params) == {"params"} else core_params
         if not cls.has_head():
-            return dict(seed_params)
-        heads = {k: v for k, v in seed_params.items() if k in cls.head_param_names}
-        body = {k: v for k, v in seed_params.items() if k not in cls.head_param_names}
+            return dict(core_params)
+        heads = {k: v for k, v in core_params.items() if k in cls.head_param_names}
+        body = {k: v for k, v in core_params.items() if k not in cls.head_param_names}
         return {cls.base_model_prefix: body, **heads}
 
     @classmethod
-    def from_params(cls, config: VisionTransformerConfig, seed_params: dict, **kwargs):
-        """A model holding ``seed_params`` (the family's seed-module parameters, e.g. from a converter).
+    def from_params(cls, config: VisionTransformerConfig, core_params: dict, **kwargs):
+        """A model holding ``core_params`` (the family's core-module parameters, e.g. from a converter).
 
         The tree is checked strictly against the model's (every missing, unexpected or mis-shaped key
         is named), then placed into the model's layout; the model is built without a random
@@ -224,7 +224,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
 
         model = cls(config, _do_init=False, **kwargs)
         expected = model.module_params(model.params_shape_tree)["params"]
-        params = check_tree(seed_params, expected, f"{cls.__name__} ({config.model_type})")
+        params = check_tree(core_params, expected, f"{cls.__name__} ({config.model_type})")
         model._is_initialized = True
         model.params = cls.params_from_module(jax.tree.map(jnp.asarray, params))
         return model

@@ -42,7 +42,7 @@ class Source:
             if self.image_size is not None:
                 raise ValueError("--image-size applies to timm ViT-family checkpoints, not to CrossFormer")
             return from_crossformer_checkpoint(self.location, self._crossformer_config())
-        from .timm import from_timm
+        from .timm_weights import from_timm
 
         if self.kind == "local" and not os.path.exists(self.location):
             raise FileNotFoundError(
@@ -102,7 +102,7 @@ class Source:
         if self.kind == "timm":
             from huggingface_hub import HfApi
 
-            from .timm import _hub_repo
+            from .timm_weights import _hub_repo
 
             repo_id = self.location if "/" in self.location else _hub_repo(self.location)[1]
             return HfApi().model_info(repo_id).sha

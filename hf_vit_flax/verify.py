@@ -24,7 +24,7 @@ def _timm_reference(source: Any, architecture: str | None, image_size: int | Non
     """The timm model that ``from_timm(source, ...)`` converted, with the same weights."""
     import timm
 
-    from .timm import WEIGHT_FILES, _hub_repo
+    from .timm_weights import WEIGHT_FILES, _hub_repo
 
     if hasattr(source, "state_dict"):
         return source

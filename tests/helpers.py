@@ -9,16 +9,40 @@ PARITY_ATOL = 1e-5
 # One small valid config per family (keyword arguments of its config class): 32x32 RGB images, 3 classes.
 TINY_CONFIGS = {
     "vit": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32),
-    "cait": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, cls_depth=1, heads=2, dim_head=16,
-                 mlp_dim=32),
-    "crossvit": dict(image_size=32, num_classes=3, sm_dim=16, lg_dim=32, sm_patch_size=4, lg_patch_size=8, depth=1,
-                     sm_enc_heads=2, lg_enc_heads=2, sm_enc_dim_head=8, lg_enc_dim_head=8, sm_enc_mlp_dim=32,
-                     lg_enc_mlp_dim=32, cross_attn_heads=2, cross_attn_dim_head=8, dropout=0.0, emb_dropout=0.0),
+    "cait": dict(
+        image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, cls_depth=1, heads=2, dim_head=16, mlp_dim=32
+    ),
+    "crossvit": dict(
+        image_size=32,
+        num_classes=3,
+        sm_dim=16,
+        lg_dim=32,
+        sm_patch_size=4,
+        lg_patch_size=8,
+        depth=1,
+        sm_enc_heads=2,
+        lg_enc_heads=2,
+        sm_enc_dim_head=8,
+        lg_enc_dim_head=8,
+        sm_enc_mlp_dim=32,
+        lg_enc_mlp_dim=32,
+        cross_attn_heads=2,
+        cross_attn_dim_head=8,
+        dropout=0.0,
+        emb_dropout=0.0,
+    ),
     # Stage maps 8, 4, 2, 1 at 32x32: windows that tile them.
-    "crossformer": dict(image_size=32, num_classes=3, dim=(16, 16, 32, 32), depth=1, dim_head=8,
-                        local_window_size=(2, 2, 2, 1), global_window_size=(2, 2, 1, 1),
-                        cross_embed_kernel_sizes=((4, 8), (2, 4), (2, 4), (2, 4))),
-}  # fmt: skip
+    "crossformer": dict(
+        image_size=32,
+        num_classes=3,
+        dim=(16, 16, 32, 32),
+        depth=1,
+        dim_head=8,
+        local_window_size=(2, 2, 2, 1),
+        global_window_size=(2, 2, 1, 1),
+        cross_embed_kernel_sizes=((4, 8), (2, 4), (2, 4), (2, 4)),
+    ),
+}
 
 # NCHW pixel_values that a wrapper configured for 32x32 RGB images must refuse, and what its error says.
 BAD_PIXEL_VALUES = [
@@ -29,14 +53,17 @@ BAD_PIXEL_VALUES = [
 ]
 
 
-def assert_seed_module_rejects_bad_images(module, size: int = 32):
-    """A seed module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
+def assert_core_module_rejects_bad_images(module, size: int = 32):
+    """A core module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
     import jax
     import jax.numpy as jnp
     import pytest
 
-    bad = (((1, size + 8, size + 8, 3), f"built for {size}x{size}"), ((1, 3, size, size), "NCHW"),
-           ((1, size, size, 1), "3-channel"))  # fmt: skip
+    bad = (
+        ((1, size + 8, size + 8, 3), f"built for {size}x{size}"),
+        ((1, 3, size, size), "NCHW"),
+        ((1, size, size, 1), "3-channel"),
+    )
     for shape, match in bad:
         with pytest.raises(ValueError, match=match):
             jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))

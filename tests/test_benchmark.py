@@ -103,8 +103,20 @@ def test_the_torch_compile_anchor_and_the_machine_facts_are_recorded(tmp_path, m
     """The compile anchor's code path, with torch.compile's 'eager' backend (dynamo only: seconds, not minutes)."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_min_max=true")
     entries = [run.vit_pytorch_entry("tiny_seed", "tiny ViT", "vit_pytorch.vit.ViT", TINY_VIT)]
-    argv = ["--rounds", "1", "--min-block", "0", "--matmul-size", "64", "--no-train", "--output", str(tmp_path),
-            "--compile", "--compile-backend", "eager"]  # fmt: skip
+    argv = [
+        "--rounds",
+        "1",
+        "--min-block",
+        "0",
+        "--matmul-size",
+        "64",
+        "--no-train",
+        "--output",
+        str(tmp_path),
+        "--compile",
+        "--compile-backend",
+        "eager",
+    ]
     result = run.main(argv, entries=entries)
     (seed,) = result["entries"]
     assert seed["compiled_first_call_s"] > 0 and seed["compiled_max_abs_logits_diff"] <= 1e-4

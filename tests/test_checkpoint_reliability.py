@@ -68,8 +68,9 @@ FlaxViTForImageClassification(config, seed=2).save_pretrained({folder!r}, **{sav
 
 
 def killed_save(folder, kill_at: int, point: str, **save_kwargs) -> int:
-    code = KILLED_SAVE.format(root=ROOT, kill_at=kill_at, point=point, config=CONFIG, folder=str(folder),
-                              save_kwargs=save_kwargs)  # fmt: skip
+    code = KILLED_SAVE.format(
+        root=ROOT, kill_at=kill_at, point=point, config=CONFIG, folder=str(folder), save_kwargs=save_kwargs
+    )
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode
 

@@ -12,8 +12,16 @@ from hf_vit_flax.cli import main
 
 
 def test_predict_prints_top_k_labels(tmp_path, capsys):
-    config = ViTConfig(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32,
-                       id2label={0: "cat", 1: "dog", 2: "bird"})  # fmt: skip
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        num_classes=3,
+        dim=32,
+        depth=1,
+        heads=2,
+        mlp_dim=32,
+        id2label={0: "cat", 1: "dog", 2: "bird"},
+    )
     FlaxViTForImageClassification(config).save_pretrained(tmp_path / "model")
     for name in ("a.png", "b.jpg"):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / name)
@@ -37,8 +45,11 @@ def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
 def test_demo_console_script_runs_offline(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hf_vit_flax.cli", "demo", "--output-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "logits identical after the round trip: True" in result.stdout
     assert os.path.exists(tmp_path / "model" / "model.safetensors")

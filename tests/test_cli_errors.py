@@ -222,8 +222,15 @@ def test_negative_image_size(tmp_path, capsys, timm_checkpoint):
 def test_crossformer_config_holding_a_json_list(tmp_path, capsys):
     (tmp_path / "config.json").write_text("[1, 2]")
     (tmp_path / "weights.pth").write_bytes(b"unused")
-    code, err = run(capsys, "convert", f"crossformer:{tmp_path / 'weights.pth'}", "--config", tmp_path / "config.json",
-                    "--output-dir", tmp_path / "out")  # fmt: skip
+    code, err = run(
+        capsys,
+        "convert",
+        f"crossformer:{tmp_path / 'weights.pth'}",
+        "--config",
+        tmp_path / "config.json",
+        "--output-dir",
+        tmp_path / "out",
+    )
     assert_user_error(code, err, "holds a JSON list", "expected an object")
 
 
@@ -335,13 +342,30 @@ def test_pushed_card_names_a_local_source_by_file_name_and_hash(tmp_path):
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     with serve() as (endpoint, state):
-        env.update(HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"), HF_TOKEN="hf_test", HF_HUB_DISABLE_XET="1",
-                   PYTHONPATH=ROOT)  # fmt: skip
+        env.update(
+            HF_ENDPOINT=endpoint,
+            HF_HOME=str(tmp_path / "hf"),
+            HF_TOKEN="hf_test",
+            HF_HUB_DISABLE_XET="1",
+            PYTHONPATH=ROOT,
+        )
         result = subprocess.run(
-            [sys.executable, "-m", "hf_vit_flax.cli", "convert", str(folder), "--output-dir", str(tmp_path / "out"),
-             "--push-to-hub", "acme/tiny-vit"],
-            env=env, capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "hf_vit_flax.cli",
+                "convert",
+                str(folder),
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--push-to-hub",
+                "acme/tiny-vit",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         pushed = state.repos["acme/tiny-vit"]["files"]["README.md"].decode()
     saved = (tmp_path / "out" / "README.md").read_text()

@@ -99,7 +99,7 @@ FAMILY_BAD_FIELDS = {
             "cross_embed_kernel_sizes",
             ((4, 8.5), (2, 4), (2, 4), (2, 4)),
             re.escape("cross_embed_kernel_sizes[0][1] must be a positive integer"),
-        ),  # fmt: skip
+        ),
         ("mlp_ratio", 0.0, "mlp_ratio must be a positive"),
         ("mlp_ratio", 1e-3, "feed-forward width of 0"),
         ("qkv_bias", 1, "qkv_bias must be True or False"),
@@ -136,13 +136,13 @@ def test_construction_refuses_the_field(family, field, value, match):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_the_seed_module_refuses_what_its_config_refuses_field_by_field(family):
+def test_the_core_module_refuses_what_its_config_refuses_field_by_field(family):
     # ViT(patch_size=0) and the like: the config's per-field error at construction, not a ZeroDivisionError
     # in the forward pass.
-    seed_module = FAMILIES[family].model_class.module_class.seed_module_class
+    core_module = FAMILIES[family].model_class.module_class.core_module_class
     field_checks = FAMILIES[family].config_class.field_checks
     kwargs = tiny_config(family).to_module_kwargs()
-    names = {f.name for f in dataclasses.fields(seed_module)}
+    names = {f.name for f in dataclasses.fields(core_module)}
     checked = 0
     for field, value, match in COMMON_BAD_FIELDS + FAMILY_BAD_FIELDS[family]:
         if field not in names or field not in field_checks:
@@ -151,10 +151,10 @@ def test_the_seed_module_refuses_what_its_config_refuses_field_by_field(family):
             field_checks[field](field, value)
         except ValueError:  # a per-field error (the others come from rules between fields, at build time)
             with pytest.raises(ValueError, match=match):
-                seed_module(**{**kwargs, field: value})
+                core_module(**{**kwargs, field: value})
             checked += 1
     assert checked >= 5
-    seed_module(**kwargs)  # the good values pass
+    core_module(**kwargs)  # the good values pass
 
 
 @pytest.mark.parametrize("family, field, value, match", BAD_FIELDS)
@@ -187,8 +187,12 @@ def test_a_config_json_that_is_not_an_object_is_a_clear_error(content, tmp_path)
     tiny_config("vit").save_pretrained(tmp_path)
     path = tmp_path / "config.json"
     path.write_text(content)
-    loaders = (hf_vit_flax.ViTConfig.from_pretrained, hf_vit_flax.FlaxViTForImageClassification.from_pretrained,
-               hf_vit_flax.FlaxAutoModel.from_pretrained, hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained)  # fmt: skip
+    loaders = (
+        hf_vit_flax.ViTConfig.from_pretrained,
+        hf_vit_flax.FlaxViTForImageClassification.from_pretrained,
+        hf_vit_flax.FlaxAutoModel.from_pretrained,
+        hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained,
+    )
     for load in loaders:
         with pytest.raises(ValueError, match=f"{re.escape(str(path))} holds a JSON .*, not an object"):
             load(tmp_path)
@@ -224,16 +228,33 @@ def parameter_count(model) -> int:
 
 # Per family, options that change the parameter tree (each checked against the real model).
 ESTIMATE_VARIANTS = {
-    "vit": [{}, dict(patch_embedding="conv", pool="map", reg_tokens=2, qkv_bias=True, layer_scale_init=0.1),
-            dict(distilled=True, no_embed_class=True, pre_norm=True, patch_bias=False, patch_embedding="conv"),
-            dict(pool="mean", fc_norm=True, num_classes=0), dict(heads=1, dim_head=32)],
+    "vit": [
+        {},
+        dict(patch_embedding="conv", pool="map", reg_tokens=2, qkv_bias=True, layer_scale_init=0.1),
+        dict(distilled=True, no_embed_class=True, pre_norm=True, patch_bias=False, patch_embedding="conv"),
+        dict(pool="mean", fc_norm=True, num_classes=0),
+        dict(heads=1, dim_head=32),
+    ],
     "cait": [{}, dict(style="timm", qkv_bias=True, cls_mlp_dim=48, layer_scale_init=1e-5)],
-    "crossvit": [{}, dict(lg_dim=16, cross_attn_depth=2, qkv_bias=True),
-                 dict(style="timm", image_size=48, sm_patch_size=12, lg_patch_size=16, sm_enc_dim_head=8,
-                      lg_enc_heads=4, multi_conv=True, lg_image_size=64, cross_attn_heads=None,
-                      cross_attn_dim_head=None, qkv_bias=True)],
+    "crossvit": [
+        {},
+        dict(lg_dim=16, cross_attn_depth=2, qkv_bias=True),
+        dict(
+            style="timm",
+            image_size=48,
+            sm_patch_size=12,
+            lg_patch_size=16,
+            sm_enc_dim_head=8,
+            lg_enc_heads=4,
+            multi_conv=True,
+            lg_image_size=64,
+            cross_attn_heads=None,
+            cross_attn_dim_head=None,
+            qkv_bias=True,
+        ),
+    ],
     "crossformer": [{}, dict(style="original", heads=(1, 2, 2, 4), depth=(1, 1, 2, 1)), dict(num_classes=0)],
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
@@ -247,9 +268,12 @@ def test_the_closed_form_parameter_count_is_exact(family, changes):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_too_many_parameters_is_refused_with_the_count(family, monkeypatch):
-    wide = {"vit": dict(dim=4096, mlp_dim=16384), "cait": dict(dim=4096, mlp_dim=16384),
-            "crossvit": dict(sm_dim=4096, lg_dim=4096, sm_enc_mlp_dim=16384, lg_enc_mlp_dim=16384),
-            "crossformer": dict(dim=(4096, 4096, 8192, 8192))}[family]  # fmt: skip
+    wide = {
+        "vit": dict(dim=4096, mlp_dim=16384),
+        "cait": dict(dim=4096, mlp_dim=16384),
+        "crossvit": dict(sm_dim=4096, lg_dim=4096, sm_enc_mlp_dim=16384, lg_enc_mlp_dim=16384),
+        "crossformer": dict(dim=(4096, 4096, 8192, 8192)),
+    }[family]
     monkeypatch.setenv(MAX_PARAMETERS_VARIABLE, "1e12")
     count = tiny_config(family, **wide).estimate_num_parameters()
     monkeypatch.setenv(MAX_PARAMETERS_VARIABLE, str(count - 1))
@@ -267,8 +291,12 @@ def test_a_terabyte_config_is_refused_instantly():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_too_many_layers_is_refused(family, monkeypatch):
-    deep = {"vit": dict(depth=10**6), "cait": dict(depth=10**6), "crossvit": dict(sm_enc_depth=10**6),
-            "crossformer": dict(depth=(1, 1, 10**9, 1))}[family]  # fmt: skip
+    deep = {
+        "vit": dict(depth=10**6),
+        "cait": dict(depth=10**6),
+        "crossvit": dict(sm_enc_depth=10**6),
+        "crossformer": dict(depth=(1, 1, 10**9, 1)),
+    }[family]
     with pytest.raises(ValueError, match=f"layers, more than the limit of 1,000 .* {MAX_LAYERS_VARIABLE}="):
         tiny_config(family, **deep)
     monkeypatch.setenv(MAX_LAYERS_VARIABLE, "2")
@@ -297,7 +325,15 @@ def test_convert_with_image_size_0_exits_with_a_clear_error(tmp_path, capsys):
 
 def test_convert_with_a_crossformer_config_that_is_not_an_object(tmp_path, capsys):
     (tmp_path / "config.json").write_text("[224, 224]")
-    code = main(["convert", f"crossformer:{tmp_path / 'x.pth'}", "--config", str(tmp_path / "config.json"),
-                 "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            f"crossformer:{tmp_path / 'x.pth'}",
+            "--config",
+            str(tmp_path / "config.json"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "not an object" in err[0] and "config.json" in err[0]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from hf_vit_flax.families import FAMILIES
-from hf_vit_flax.timm import UNSUPPORTED_FILE, list_timm_models, load_variant_config, timm_family
+from hf_vit_flax.timm_weights import UNSUPPORTED_FILE, list_timm_models, load_variant_config, timm_family
 from hf_vit_flax.variants import configs_dir, read_variant
 
 TIMM_VARIANTS = [path.stem for path in sorted(configs_dir().glob("*.json")) if "timm" in json.loads(path.read_text())]

@@ -165,8 +165,15 @@ def test_auto_class_hands_transformers_flax_models_to_transformers_on_4x(tmp_pat
     from transformers import FlaxViTForImageClassification as TransformersFlaxViT
     from transformers import ViTConfig as TransformersViTConfig
 
-    config = TransformersViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                                   image_size=32, patch_size=8, num_labels=3)  # fmt: skip
+    config = TransformersViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        num_labels=3,
+    )
     TransformersFlaxViT(config).save_pretrained(tmp_path)
     assert type(FlaxAutoModelForImageClassification.from_pretrained(tmp_path)) is TransformersFlaxViT
     # and transformers' own Auto classes load this package's checkpoints
@@ -225,8 +232,12 @@ def test_push_and_load_revision_subfolder_cache_and_offline(hub, model, x, tmp_p
 
     # A subfolder of a repo, sharded.
     model.save_pretrained(tmp_path / "sharded", max_shard_size="10KB")
-    HfApi().upload_folder(repo_id="acme/vit", folder_path=str(tmp_path / "sharded"), path_in_repo="sub",
-                          allow_patterns=["*.json", "*.safetensors"])  # fmt: skip
+    HfApi().upload_folder(
+        repo_id="acme/vit",
+        folder_path=str(tmp_path / "sharded"),
+        path_in_repo="sub",
+        allow_patterns=["*.json", "*.safetensors"],
+    )
     sub = FlaxViTForImageClassification.from_pretrained("acme/vit", subfolder="sub", cache_dir=cache)
     np.testing.assert_array_equal(sub(x).logits, model(x).logits)
 

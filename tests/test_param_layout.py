@@ -54,7 +54,9 @@ def test_linear_probing_freezes_the_backbone_with_one_rule(family):
     _, classifier, x = build(family)
     prefix = classifier.base_model_prefix
     labels = jax.tree.map(lambda _: "frozen", classifier.params[prefix])
-    label_tree = {k: (labels if k == prefix else jax.tree.map(lambda _: "train", v)) for k, v in classifier.params.items()}
+    label_tree = {
+        k: (labels if k == prefix else jax.tree.map(lambda _: "train", v)) for k, v in classifier.params.items()
+    }
     optimizer = optax.multi_transform({"train": optax.sgd(0.1), "frozen": optax.set_to_zero()}, label_tree)
     params = classifier.params
     state = optimizer.init(params)
@@ -75,7 +77,9 @@ def test_a_checkpoint_in_the_earlier_layout_loads(family, tmp_path):
     # Until this layout, the head sat under the prefix: {prefix: {backbone..., head...}}.
     config, classifier, x = build(family)
     prefix, heads = classifier.base_model_prefix, classifier.head_param_names
-    earlier = {prefix: {**classifier.params[prefix], **{k: classifier.params[k] for k in heads if k in classifier.params}}}
+    earlier = {
+        prefix: {**classifier.params[prefix], **{k: classifier.params[k] for k in heads if k in classifier.params}}
+    }
     classifier.save_pretrained(tmp_path)
     for stale in tmp_path.glob("*.safetensors"):
         stale.unlink()

@@ -16,8 +16,12 @@ from hf_vit_flax.predict import load_image, predict
 
 from .helpers import TINY_CONFIGS
 
-SEED_MODULES = {"vit": hf_vit_flax.ViT, "cait": hf_vit_flax.CaiT, "crossvit": hf_vit_flax.CrossViT,
-                "crossformer": hf_vit_flax.CrossFormer}  # fmt: skip
+SEED_MODULES = {
+    "vit": hf_vit_flax.ViT,
+    "cait": hf_vit_flax.CaiT,
+    "crossvit": hf_vit_flax.CrossViT,
+    "crossformer": hf_vit_flax.CrossFormer,
+}
 
 
 @pytest.fixture(scope="module")
@@ -225,10 +229,16 @@ def test_non_finite_logits_are_an_error_not_a_ranking(model):
 EMPTY_BATCH_VARIANTS = {
     "vit": dict(patch_embedding="conv", pool="map", reg_tokens=1),
     "cait": dict(style="timm"),
-    "crossvit": dict(style="timm", sm_enc_dim_head=8, lg_enc_heads=4, cross_attn_heads=None, cross_attn_dim_head=None,
-                     lg_image_size=48),
+    "crossvit": dict(
+        style="timm",
+        sm_enc_dim_head=8,
+        lg_enc_heads=4,
+        cross_attn_heads=None,
+        cross_attn_dim_head=None,
+        lg_image_size=48,
+    ),
     "crossformer": dict(style="original", heads=(1, 1, 2, 2)),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("variant", ["tiny", "variant"])
@@ -252,7 +262,7 @@ def test_an_empty_batch_gives_empty_outputs(family, variant):
     assert shapes(classifier, train=True, dropout_rng=jax.random.key(0)).logits.shape == (0, 3)
     base = FAMILIES[family].model_class(config, _do_init=False)
     assert all(leaf.shape[0] == 0 for leaf in jax.tree.leaves(shapes(base)))
-    # The seed module, NHWC.
+    # The core module, NHWC.
     module = SEED_MODULES[family](**config.to_module_kwargs())
     variables = {"params": classifier.params[classifier.base_model_prefix]}
     assert jax.eval_shape(module.apply, variables, jnp.zeros((0, 32, 32, 3))).shape == (0, 3)

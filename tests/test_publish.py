@@ -63,8 +63,17 @@ def test_convert_refuses_to_push_when_parity_fails(local_checkpoint, tmp_path, c
     from hf_vit_flax import sources
 
     monkeypatch.setattr(sources.Source, "verify", lambda self, model: 3e-3)
-    code = main(["convert", str(local_checkpoint), "--output-dir", str(tmp_path), "--verify",
-                 "--push-to-hub", "acme/should-not-exist"])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            str(local_checkpoint),
+            "--output-dir",
+            str(tmp_path),
+            "--verify",
+            "--push-to-hub",
+            "acme/should-not-exist",
+        ]
+    )
     assert code == 1
     assert "not pushing" in capsys.readouterr().err
 
@@ -82,10 +91,19 @@ def run_pipeline(manifest, endpoint, home, tmp_path) -> tuple[int, str]:
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home), HF_TOKEN="hf_test", HF_HUB_DISABLE_XET="1", PYTHONPATH=ROOT)
     summary = tmp_path / "summary.md"
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "conversion", "publish.py"), "--manifest", str(manifest),
-         "--summary", str(summary)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            os.path.join(ROOT, "conversion", "publish.py"),
+            "--manifest",
+            str(manifest),
+            "--summary",
+            str(summary),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert summary.exists(), result.stderr[-4000:]
     return result.returncode, summary.read_text()
 
@@ -93,10 +111,16 @@ def run_pipeline(manifest, endpoint, home, tmp_path) -> tuple[int, str]:
 def test_pipeline_publishes_then_skips_unchanged_then_republishes(tmp_path):
     manifest = tmp_path / "manifest.json"
     target = "acme-flax/deit_tiny_patch16_224.fb_in1k"
-    manifest.write_text(json.dumps({"models": [
-        {"source": f"timm:{ARCH}.{TAG}", "repo_id": target},
-        {"source": "timm:deit_small_patch16_224.fb_in1k", "repo_id": "acme-flax/missing-source"},
-    ]}))  # fmt: skip
+    manifest.write_text(
+        json.dumps(
+            {
+                "models": [
+                    {"source": f"timm:{ARCH}.{TAG}", "repo_id": target},
+                    {"source": "timm:deit_small_patch16_224.fb_in1k", "repo_id": "acme-flax/missing-source"},
+                ]
+            }
+        )
+    )
     with serve() as (endpoint, state):
         state.create(f"timm/{ARCH}.{TAG}")
         state.commit(f"timm/{ARCH}.{TAG}", "weights", timm_checkpoint_files(seed=1), [])
@@ -126,7 +150,7 @@ def test_pipeline_publishes_then_skips_unchanged_then_republishes(tmp_path):
 
 
 def test_manifest_covers_every_supported_pretrained_tag():
-    from hf_vit_flax.timm import list_timm_models
+    from hf_vit_flax.timm_weights import list_timm_models
 
     with open(os.path.join(ROOT, "conversion", "manifest.json")) as f:
         manifest = json.load(f)
@@ -141,8 +165,16 @@ def test_convert_original_crossformer_checkpoint_matches_recorded_outputs(tmp_pa
 
     fixtures = os.path.join(ROOT, "tests", "fixtures", "crossformer_official")
     out = tmp_path / "crossformer"
-    code = main(["convert", f"crossformer:{fixtures}/crossformer_tiny_random.pth", "--output-dir", str(out),
-                 "--config", f"{fixtures}/crossformer_tiny_random_config.json"])  # fmt: skip
+    code = main(
+        [
+            "convert",
+            f"crossformer:{fixtures}/crossformer_tiny_random.pth",
+            "--output-dir",
+            str(out),
+            "--config",
+            f"{fixtures}/crossformer_tiny_random_config.json",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     reference = load_file(f"{fixtures}/crossformer_tiny_random_io.safetensors")
     model = FlaxAutoModelForImageClassification.from_pretrained(out)

@@ -42,8 +42,8 @@ def test_save_load_auto_classes_exact(model, x, tmp_path):
     np.testing.assert_array_equal(loaded(x).logits, model(x).logits)
     base = FlaxAutoModel.from_pretrained(tmp_path)  # a classification checkpoint into the base model
     assert type(base) is FlaxViTModel
-    seed_module = ViT(**model.config.to_module_kwargs())
-    features = seed_module.apply(model.module_params(), x.transpose(0, 2, 3, 1), method="forward_features")
+    core_module = ViT(**model.config.to_module_kwargs())
+    features = core_module.apply(model.module_params(), x.transpose(0, 2, 3, 1), method="forward_features")
     np.testing.assert_allclose(base(x).pooler_output, features.pooler_output, atol=1e-6)
     assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__ == "ViTImageProcessor"
 
@@ -144,5 +144,7 @@ def test_max_shard_size_takes_transformers_units(model, tmp_path):
     assert [_parse_size(s) for s in ("150kB", "150kiB", "2MiB", 7)] == [150_000, 150 * 2**10, 2 * 2**20, 7]
     model.save_pretrained(tmp_path, max_shard_size="20kiB")
     assert os.path.isfile(tmp_path / "model.safetensors.index.json")
-    np.testing.assert_array_equal(FlaxViTForImageClassification.from_pretrained(tmp_path)(images(1, 32, 32)).logits,
-                                  model(images(1, 32, 32)).logits)  # fmt: skip
+    np.testing.assert_array_equal(
+        FlaxViTForImageClassification.from_pretrained(tmp_path)(images(1, 32, 32)).logits,
+        model(images(1, 32, 32)).logits,
+    )

@@ -21,7 +21,7 @@ import torch
 
 import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViTConfig
-from hf_vit_flax.timm import (
+from hf_vit_flax.timm_weights import (
     _labels,
     image_processor_from_pretrained_cfg,
     imagenet_labels,
@@ -173,7 +173,7 @@ def test_headless_and_card(tmp_path):
             depth=1,
             num_heads=3,
             num_classes=1000,
-        )  # fmt: skip
+        )
     )
     model = hf_vit_flax.from_timm(module)
     assert model.config.id2label[0] == "tench, Tinca tinca"
@@ -271,8 +271,13 @@ def site_packages_without_torch(folder: Path) -> Path:
 def _hub_config(architecture: str, tag: str, num_classes: int, num_features: int, **extra) -> dict:
     pretrained = dict(timm_variant_info(architecture)["pretrained"][tag], tag=tag)
     pretrained.pop("hf_hub_id", None)
-    return {"architecture": architecture, "num_classes": num_classes, "num_features": num_features,
-            "pretrained_cfg": pretrained, **extra}  # fmt: skip
+    return {
+        "architecture": architecture,
+        "num_classes": num_classes,
+        "num_features": num_features,
+        "pretrained_cfg": pretrained,
+        **extra,
+    }
 
 
 def _cache_repo(cache: Path, repo_id: str, files: dict) -> None:
@@ -296,10 +301,14 @@ def test_hub_repos_from_offline_cache_without_torch(tmp_path):
         module = randomize_(timm.create_model(architecture, pretrained=False), seed=i)
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         config = _hub_config(architecture, tag, module.num_classes, module.num_features)
-        _cache_repo(cache, f"timm/{architecture}.{tag}", {
-            "config.json": lambda p, c=config: p.write_text(json.dumps(c)),
-            "model.safetensors": lambda p, s=state: save_file(s, p),
-        })  # fmt: skip
+        _cache_repo(
+            cache,
+            f"timm/{architecture}.{tag}",
+            {
+                "config.json": lambda p, c=config: p.write_text(json.dumps(c)),
+                "model.safetensors": lambda p, s=state: save_file(s, p),
+            },
+        )
         x = images(1, size, size, seed=i)
         np.save(work / f"{architecture}.{tag}.npy", x)
         expected[f"{architecture}.{tag}"] = torch_logits(module, x)
@@ -307,17 +316,32 @@ def test_hub_repos_from_offline_cache_without_torch(tmp_path):
     # A repo saved with architecture-changing model_args (needs timm to read).
     small = timm.create_model("deit_tiny_patch16_224", pretrained=False, depth=2)
     config = _hub_config("deit_tiny_patch16_224", "fb_in1k", 1000, 192, model_args={"depth": 2})
-    _cache_repo(cache, "timm/deit_tiny_patch16_224.fb_in1k", {
-        "config.json": lambda p: p.write_text(json.dumps(config)),
-        "model.safetensors": lambda p: save_file(dict(small.state_dict()), p),
-    })  # fmt: skip
+    _cache_repo(
+        cache,
+        "timm/deit_tiny_patch16_224.fb_in1k",
+        {
+            "config.json": lambda p: p.write_text(json.dumps(config)),
+            "model.safetensors": lambda p: save_file(dict(small.state_dict()), p),
+        },
+    )
 
-    env = dict(os.environ, HF_HOME=str(tmp_path / "home"), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
-               PYTHONPATH=f"{site_packages_without_torch(tmp_path / 'site')}{os.pathsep}{ROOT}",
-               JAX_PLATFORMS="cpu", JAX_DEFAULT_MATMUL_PRECISION="highest")  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_HOME=str(tmp_path / "home"),
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=f"{site_packages_without_torch(tmp_path / 'site')}{os.pathsep}{ROOT}",
+        JAX_PLATFORMS="cpu",
+        JAX_DEFAULT_MATMUL_PRECISION="highest",
+    )
     # -S: no site-packages but the shadow copy, in which torch, torchvision and timm do not exist.
-    proc = subprocess.run([sys.executable, "-S", "-c", SUBPROCESS, str(work), json.dumps(names)], env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", SUBPROCESS, str(work), json.dumps(names)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads((work / "results.json").read_text())
     assert results["torch_imported"] is False
@@ -346,8 +370,15 @@ def test_legacy_config_layout(tmp_path):
 
     module = randomize_(timm.create_model("deit_tiny_patch16_224", pretrained=False), seed=8)
     save_file(dict(module.state_dict()), tmp_path / "model.safetensors")
-    legacy = {"architecture": "deit_tiny_patch16_224", "num_classes": 1000, "input_size": [3, 224, 224],
-              "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}  # fmt: skip
+    legacy = {
+        "architecture": "deit_tiny_patch16_224",
+        "num_classes": 1000,
+        "input_size": [3, 224, 224],
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
     (tmp_path / "config.json").write_text(json.dumps(legacy))
     model = hf_vit_flax.from_timm(tmp_path)
     assert (

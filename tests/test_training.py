@@ -99,7 +99,7 @@ def test_digits_learns_well_above_chance(tmp_path, tiny_model):
             augment="none",
             eval_every=60,
             **FAST,
-        )  # fmt: skip
+        )
     )
     assert result.final_accuracy > 0.6  # chance is 0.1
     assert result.best_accuracy >= result.final_accuracy
@@ -176,14 +176,20 @@ def test_weight_decay_mask():
     assert ids["vit/transformer/norm/scale"] == 3 and ids["head/kernel"] == 3
     # CaiT's class-attention blocks run after its patch blocks, whatever the order of their names.
     cait = hf_vit_flax.FlaxCaiTForImageClassification(
-        hf_vit_flax.CaiTConfig(image_size=16, patch_size=4, num_classes=2, dim=32, depth=2, cls_depth=1, heads=2,
-                               dim_head=16, mlp_dim=32), _do_init=False)  # fmt: skip
+        hf_vit_flax.CaiTConfig(
+            image_size=16, patch_size=4, num_classes=2, dim=32, depth=2, cls_depth=1, heads=2, dim_head=16, mlp_dim=32
+        ),
+        _do_init=False,
+    )
     ids, depths = layer_ids(cait.params_shape_tree, "cait", module_call_order(cait))
     ids = flat(ids)
     assert depths == 5
     by_block = {re.match(r"(.*/blocks_\d+)/", k).group(1): v for k, v in ids.items() if "/blocks_" in k}
-    assert by_block == {"cait/patch_transformer/blocks_0": 1, "cait/patch_transformer/blocks_1": 2,
-                        "cait/cls_transformer/blocks_0": 3}  # fmt: skip
+    assert by_block == {
+        "cait/patch_transformer/blocks_0": 1,
+        "cait/patch_transformer/blocks_1": 2,
+        "cait/cls_transformer/blocks_0": 3,
+    }
     assert ids["head/kernel"] == 4
 
 
@@ -200,7 +206,7 @@ def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path, tiny_model):
             weight_decay=0.1,
             layer_decay=0.8,
             **FAST,
-        )  # fmt: skip
+        )
     )
     start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params["vit"])
     end = flat(result.params["vit"])
@@ -226,7 +232,7 @@ def test_bf16_sgd_and_gradient_checkpointing_keep_float32_parameters(tmp_path, t
             optimizer="sgd",
             lr=0.1,
             **FAST,
-        )  # fmt: skip
+        )
     )
     start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params)
     end = flat(result.params)
@@ -253,8 +259,17 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path, tiny_model):
 # -- checkpoints and resume -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sigkilled_run_resumes_bit_identical(tmp_path, tiny_model):
-    base = dict(data="digits", model=tiny_model, steps=24, batch_size=16, checkpoint_every=4, eval_every=12, lr=1e-3,
-                progress=False, workers=2)  # fmt: skip
+    base = dict(
+        data="digits",
+        model=tiny_model,
+        steps=24,
+        batch_size=16,
+        checkpoint_every=4,
+        eval_every=12,
+        lr=1e-3,
+        progress=False,
+        workers=2,
+    )
 
     def script(out: str, npz: str) -> str:
         return TRAIN_AND_SAVE.format(config=repr({**base, "output_dir": out}), save=True, out=npz)
@@ -290,13 +305,19 @@ def test_two_hosts_and_fsdp_match_one_host_with_as_many_devices(tmp_path, tiny_m
     on the same global batch."""
     import portpicker
 
-    base = dict(data="digits", model=tiny_model, steps=6, batch_size=16, eval_every=6, lr=1e-3, progress=False,
-                workers=1)  # fmt: skip
+    base = dict(
+        data="digits", model=tiny_model, steps=6, batch_size=16, eval_every=6, lr=1e-3, progress=False, workers=1
+    )
 
     def one_host(name: str, **options) -> subprocess.Popen:
         config = {**base, "output_dir": str(tmp_path / name), **options}
-        return run_script(TRAIN_AND_SAVE.format(config=repr(config), save=True, out=str(tmp_path / f"{name}.npz")),
-                          devices=4, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        return run_script(
+            TRAIN_AND_SAVE.format(config=repr(config), save=True, out=str(tmp_path / f"{name}.npz")),
+            devices=4,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     port = portpicker.pick_unused_port()
     hosts = [
@@ -310,7 +331,7 @@ def test_two_hosts_and_fsdp_match_one_host_with_as_many_devices(tmp_path, tiny_m
                         "num_processes": 2,
                         "process_id": pid,
                     }
-                ),  # fmt: skip
+                ),
                 save=f"{pid} == 0",
                 out=str(tmp_path / "two.npz"),
             ),
@@ -380,8 +401,9 @@ def test_corrupt_images_error_or_skip(tmp_path, tiny_model):
         Preprocess(dataset.train, processor, BadImages("error"))(index)
     with pytest.raises(ValueError, match="on_bad_image must be one of"):
         TrainConfig(on_bad_image="ignore")
-    result = train(TrainConfig(data=str(data), model=tiny_model, output_dir=str(tmp_path / "s"), steps=4, batch_size=8,
-                               **FAST))  # fmt: skip
+    result = train(
+        TrainConfig(data=str(data), model=tiny_model, output_dir=str(tmp_path / "s"), steps=4, batch_size=8, **FAST)
+    )
     assert result.skipped_images == 1
 
 
@@ -440,8 +462,11 @@ def test_hf_datasets_folder(tmp_path, tiny_model):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["r", "g", "b"])})
     table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
     table.train_test_split(test_size=6, seed=0, stratify_by_column="label").save_to_disk(str(tmp_path / "ds"))
-    result = train(TrainConfig(data=str(tmp_path / "ds"), model=tiny_model, output_dir=str(tmp_path / "run"), steps=2,
-                               batch_size=6, **FAST))  # fmt: skip
+    result = train(
+        TrainConfig(
+            data=str(tmp_path / "ds"), model=tiny_model, output_dir=str(tmp_path / "run"), steps=2, batch_size=6, **FAST
+        )
+    )
     assert result.class_names == ["r", "g", "b"]
     assert sum(map(sum, result.confusion)) == 6  # the test split
 
@@ -453,14 +478,40 @@ def test_cli_end_to_end_then_predict_raw_images(tmp_path, tiny_model, capsys):
 
     data = colour_folder(tmp_path / "data")
     out = tmp_path / "run"
-    argv = ["train", tiny_model, "--data", str(data), "--output-dir", str(out), "--epochs", "6", "--batch-size", "8",
-            "--lr", "3e-3", "--warmup", "2", "--no-progress", "--workers", "1"]  # fmt: skip
+    argv = [
+        "train",
+        tiny_model,
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "2",
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "best val accuracy" in printed and "wall time" in printed
     files = set(os.listdir(out))
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.jsonl",
-            "curves.png", "confusion_matrix.png", "run.json", "checkpoints"} <= files  # fmt: skip
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+        "metrics.jsonl",
+        "curves.png",
+        "confusion_matrix.png",
+        "run.json",
+        "checkpoints",
+    } <= files
     model = hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained(out)
     rng = np.random.default_rng(1)
     raw, expected = [], []
@@ -481,8 +532,17 @@ def test_push_to_hub_uploads_the_best_model(hub, tmp_path, tiny_model):
     from hf_vit_flax.hub import card_metadata
 
     out = tmp_path / "run"
-    train(TrainConfig(data="digits", model=tiny_model, output_dir=str(out), steps=1, batch_size=8,
-                      push_to_hub="acme/tiny-digits", **FAST))  # fmt: skip
+    train(
+        TrainConfig(
+            data="digits",
+            model=tiny_model,
+            output_dir=str(out),
+            steps=1,
+            batch_size=8,
+            push_to_hub="acme/tiny-digits",
+            **FAST,
+        )
+    )
     files = hub.repos["acme/tiny-digits"]["files"]
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "curves.png"} <= set(files)
     assert "run.json" not in files and not any(name.startswith("checkpoints") for name in files)

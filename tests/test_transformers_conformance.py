@@ -77,8 +77,18 @@ from .transformers_flax_common import FlaxModelTesterMixin, floats_tensor
 class ModelTester:
     """What the mixin reads: a config, NCHW ``pixel_values``, and the expected output shapes."""
 
-    def __init__(self, config, *, num_hidden_layers, num_attention_heads, seq_length, hidden_size,
-                 key_length=None, expected_num_hidden_layers=None, batch_size=2):  # fmt: skip
+    def __init__(
+        self,
+        config,
+        *,
+        num_hidden_layers,
+        num_attention_heads,
+        seq_length,
+        hidden_size,
+        key_length=None,
+        expected_num_hidden_layers=None,
+        batch_size=2,
+    ):
         self.config = config
         self.batch_size = batch_size
         self.num_hidden_layers = num_hidden_layers
@@ -223,13 +233,18 @@ class FlaxCaiTConformanceTest(VisionConformance, unittest.TestCase):
     all_model_classes = (FlaxCaiTModel, FlaxCaiTForImageClassification)
 
     def setUp(self):
-        config = CaiTConfig(image_size=32, patch_size=8, dim=32, depth=2, cls_depth=1, heads=4, dim_head=8,
-                            mlp_dim=64, num_classes=5)  # fmt: skip
+        config = CaiTConfig(
+            image_size=32, patch_size=8, dim=32, depth=2, cls_depth=1, heads=4, dim_head=8, mlp_dim=64, num_classes=5
+        )
         # Embeddings, then the patch stack's layers, then [class token, patches] after each class-attention layer.
         self.model_tester = ModelTester(
-            config, num_hidden_layers=3, num_attention_heads=4, seq_length=16, hidden_size=32,
+            config,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            seq_length=16,
+            hidden_size=32,
             expected_num_hidden_layers=1 + 2 + 1,
-        )  # fmt: skip
+        )
 
 
 class FlaxCrossFormerConformanceTest(VisionConformance, unittest.TestCase):
@@ -243,9 +258,13 @@ class FlaxCrossFormerConformanceTest(VisionConformance, unittest.TestCase):
         blocks = 2 * sum(depth)  # vit-pytorch's depth counts (short, long) pairs per stage
         # hidden_states: the stem's tokens, then each block's; attentions: one windowed map per block.
         self.model_tester = ModelTester(
-            config, num_hidden_layers=blocks, num_attention_heads=heads[0], seq_length=8 * 8,
-            hidden_size=config.dim[0], expected_num_hidden_layers=1 + blocks,
-        )  # fmt: skip
+            config,
+            num_hidden_layers=blocks,
+            num_attention_heads=heads[0],
+            seq_length=8 * 8,
+            hidden_size=config.dim[0],
+            expected_num_hidden_layers=1 + blocks,
+        )
 
     def test_attention_outputs(self):  # windowed attention: (batch * windows, heads, window tokens, window tokens)
         config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
@@ -259,10 +278,26 @@ class FlaxCrossViTConformanceTest(VisionConformance, unittest.TestCase):
     all_model_classes = (FlaxCrossViTModel, FlaxCrossViTForImageClassification)
 
     def setUp(self):
-        config = CrossViTConfig(image_size=32, num_classes=5, sm_dim=32, lg_dim=48, sm_patch_size=8, lg_patch_size=16,
-                                sm_enc_depth=1, sm_enc_heads=2, sm_enc_mlp_dim=64, sm_enc_dim_head=16, lg_enc_depth=1,
-                                lg_enc_heads=3, lg_enc_mlp_dim=64, lg_enc_dim_head=16, cross_attn_depth=1,
-                                cross_attn_heads=2, cross_attn_dim_head=16, depth=2)  # fmt: skip
+        config = CrossViTConfig(
+            image_size=32,
+            num_classes=5,
+            sm_dim=32,
+            lg_dim=48,
+            sm_patch_size=8,
+            lg_patch_size=16,
+            sm_enc_depth=1,
+            sm_enc_heads=2,
+            sm_enc_mlp_dim=64,
+            sm_enc_dim_head=16,
+            lg_enc_depth=1,
+            lg_enc_heads=3,
+            lg_enc_mlp_dim=64,
+            lg_enc_dim_head=16,
+            cross_attn_depth=1,
+            cross_attn_heads=2,
+            cross_attn_dim_head=16,
+            depth=2,
+        )
         self.model_tester = ModelTester(
             config, num_hidden_layers=2, num_attention_heads=2, seq_length=17, hidden_size=32
         )

@@ -8,10 +8,29 @@ from typing import Any
 
 # The fields that define a run: a checkpoint written under one value of these does not resume under another.
 RECIPE_FIELDS = (
-    "model", "data", "image_size", "epochs", "steps", "batch_size", "optimizer", "lr", "weight_decay", "momentum",
-    "warmup", "layer_decay", "clip_norm", "label_smoothing", "grad_accum", "precision", "freeze_backbone", "seed",
-    "augment", "val_fraction", "fsdp", "crossformer_variant",
-)  # fmt: skip
+    "model",
+    "data",
+    "image_size",
+    "epochs",
+    "steps",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "warmup",
+    "layer_decay",
+    "clip_norm",
+    "label_smoothing",
+    "grad_accum",
+    "precision",
+    "freeze_backbone",
+    "seed",
+    "augment",
+    "val_fraction",
+    "fsdp",
+    "crossformer_variant",
+)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     randomize_,
     torch_logits,
@@ -27,18 +27,33 @@ SEED_README = dict(
 )
 
 PARITY_CONFIGS = {
-    "small": dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64,
-                  dim_head=16),
-    "default-dim-head-64": dict(image_size=32, patch_size=16, num_classes=7, dim=48, depth=3, cls_depth=1, heads=3,
-                                mlp_dim=96),
-    "single-head": dict(image_size=16, patch_size=4, num_classes=4, dim=32, depth=2, cls_depth=2, heads=1, mlp_dim=48,
-                        dim_head=32),
-    "dropouts-off-in-eval": dict(image_size=24, patch_size=8, num_classes=5, dim=32, depth=2, cls_depth=1, heads=4,
-                                 mlp_dim=64, dim_head=8, dropout=0.1, emb_dropout=0.1),
+    "small": dict(
+        image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64, dim_head=16
+    ),
+    "default-dim-head-64": dict(
+        image_size=32, patch_size=16, num_classes=7, dim=48, depth=3, cls_depth=1, heads=3, mlp_dim=96
+    ),
+    "single-head": dict(
+        image_size=16, patch_size=4, num_classes=4, dim=32, depth=2, cls_depth=2, heads=1, mlp_dim=48, dim_head=32
+    ),
+    "dropouts-off-in-eval": dict(
+        image_size=24,
+        patch_size=8,
+        num_classes=5,
+        dim=32,
+        depth=2,
+        cls_depth=1,
+        heads=4,
+        mlp_dim=64,
+        dim_head=8,
+        dropout=0.1,
+        emb_dropout=0.1,
+    ),
     # 26 layers reach the three LayerScale init regimes of vit-pytorch (<= 18, 19-24, > 24).
-    "deep-layer-scale-regimes": dict(image_size=16, patch_size=8, num_classes=3, dim=16, depth=26, cls_depth=2,
-                                     heads=2, mlp_dim=32, dim_head=8),
-}  # fmt: skip
+    "deep-layer-scale-regimes": dict(
+        image_size=16, patch_size=8, num_classes=3, dim=16, depth=26, cls_depth=2, heads=2, mlp_dim=32, dim_head=8
+    ),
+}
 
 
 def reference(kwargs, seed=0):
@@ -49,7 +64,7 @@ def nhwc(x):
     return jnp.asarray(x.transpose(0, 2, 3, 1))
 
 
-# The seed module runs eagerly in these tests: compiling each small model once costs more than it saves.
+# The core module runs eagerly in these tests: compiling each small model once costs more than it saves.
 def init_params(module, shape, seed=0):
     return module.init(jax.random.key(seed), jnp.zeros(shape))["params"]
 
@@ -91,7 +106,7 @@ def test_parity_with_vit_pytorch(name):
     assert model.config.to_module_kwargs()["dim_head"] == kwargs.get("dim_head", 64)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     assert_parity(apply(CaiT(**kwargs), model.module_params()["params"], x), expected)
 
 
@@ -126,8 +141,13 @@ def test_fresh_flax_init_is_not_degenerate():
     kwargs = PARITY_CONFIGS["small"]
     module = CaiT(**kwargs)
     params = init_params(module, (1, 32, 32, 3))
-    mix = np.stack([np.asarray(params["patch_transformer"][f"blocks_{i}"]["attn"][n]["kernel"])
-                    for i in range(2) for n in ("proj_l", "proj_w")])  # fmt: skip
+    mix = np.stack(
+        [
+            np.asarray(params["patch_transformer"][f"blocks_{i}"]["attn"][n]["kernel"])
+            for i in range(2)
+            for n in ("proj_l", "proj_w")
+        ]
+    )
     assert mix.shape == (4, 2, 2) and 0.3 < mix.std() < 3
     assert np.std(np.asarray(params["cls_token"])) > 0.3 and np.std(np.asarray(params["pos_embedding"])) > 0.3
     for ln in (params["norm"], params["patch_embed"]["norm"], params["patch_transformer"]["blocks_0"]["norm1"]):
@@ -199,8 +219,19 @@ def test_seed_readme_snippet():
 def test_seed_readme_snippet_runs_as_written_on_a_small_model():
     key = jax.random.PRNGKey(0)
     img = jax.random.normal(key, (1, 32, 32, 3))
-    v = CaiT(image_size=32, patch_size=8, num_classes=10, dim=32, depth=3, cls_depth=2, heads=2, mlp_dim=64,
-             dropout=0.1, emb_dropout=0.1, layer_dropout=0.05)  # fmt: skip
+    v = CaiT(
+        image_size=32,
+        patch_size=8,
+        num_classes=10,
+        dim=32,
+        depth=3,
+        cls_depth=2,
+        heads=2,
+        mlp_dim=64,
+        dropout=0.1,
+        emb_dropout=0.1,
+        layer_dropout=0.05,
+    )
     init_rngs = {
         "params": jax.random.PRNGKey(1),
         "dropout": jax.random.PRNGKey(2),
@@ -210,8 +241,10 @@ def test_seed_readme_snippet_runs_as_written_on_a_small_model():
     output = v.apply(params, img, rngs=init_rngs)
     assert output.shape == (1, 10) and np.all(np.isfinite(output)) and float(jnp.abs(output).max()) > 1e-3
     n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
-    kwargs = {k: getattr(v, k) for k in ("image_size", "patch_size", "num_classes", "dim", "depth", "cls_depth",
-                                         "heads", "mlp_dim")}  # fmt: skip
+    kwargs = {
+        k: getattr(v, k)
+        for k in ("image_size", "patch_size", "num_classes", "dim", "depth", "cls_depth", "heads", "mlp_dim")
+    }
     assert n_params_flax == sum(p.numel() for p in vit_pytorch.CaiT(**kwargs).parameters())
     np.testing.assert_array_equal(output, v.apply(params, img, rngs=init_rngs))  # eval: deterministic
 
@@ -294,8 +327,10 @@ def test_layer_dropout_keeps_at_least_one_layer():
     assert np.all(masks.sum(axis=1) == 1)  # almost surely all dropped, then one rescued
     assert len({int(m.argmax()) for m in masks}) > 1  # the rescued layer is random
     half = CaiTStack(depth=8, dim=8, heads=1, dim_head=8, mlp_dim=8, layer_dropout=0.5)
-    rates = [np.asarray(half.apply(variables, method=CaiTStack.kept_layers, rngs={"dropout": jax.random.key(s)}))
-             for s in range(50)]  # fmt: skip
+    rates = [
+        np.asarray(half.apply(variables, method=CaiTStack.kept_layers, rngs={"dropout": jax.random.key(s)}))
+        for s in range(50)
+    ]
     assert 0.35 < np.mean(rates) < 0.65
 
 
@@ -357,7 +392,7 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
 
 
 def test_remat_and_dtype(small):
-    # (Eager seed module vs the jitted HF wrapper is compared by every parity test.)
+    # (Eager core module vs the jitted HF wrapper is compared by every parity test.)
     x = images(2, 32, 32)
     remat = FlaxCaiTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
     assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
@@ -375,9 +410,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = CaiT(**PARITY_CONFIGS["small"])
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch size"):
         bad = CaiT(**dict(PARITY_CONFIGS["small"], image_size=30))
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
@@ -402,8 +437,15 @@ def test_config_validation(kwargs, match):
 
 
 def test_config_aliases_and_round_trip():
-    config = CaiTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192,
-                        num_channels=1, num_labels=7, cls_depth=1)  # fmt: skip
+    config = CaiTConfig(
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        intermediate_size=192,
+        num_channels=1,
+        num_labels=7,
+        cls_depth=1,
+    )
     assert (config.dim, config.depth, config.heads, config.mlp_dim, config.channels) == (96, 3, 6, 192, 1)
     assert config.num_classes == 7 and len(config.id2label) == 7
     config.hidden_size = 48
@@ -418,10 +460,19 @@ def test_config_aliases_and_round_trip():
 TIMM_CONFIGS = {
     "tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10, depth_token_only=2),
     "rect-no-qkv-bias-mlp-ratios-one-channel": dict(
-        img_size=(32, 48), patch_size=8, in_chans=1, embed_dim=24, depth=3, num_heads=3, num_classes=5,
-        qkv_bias=False, mlp_ratio=2.0, mlp_ratio_token_only=3.0, depth_token_only=1,
+        img_size=(32, 48),
+        patch_size=8,
+        in_chans=1,
+        embed_dim=24,
+        depth=3,
+        num_heads=3,
+        num_classes=5,
+        qkv_bias=False,
+        mlp_ratio=2.0,
+        mlp_ratio_token_only=3.0,
+        depth_token_only=1,
     ),
-}  # fmt: skip
+}
 
 
 def timm_model(kwargs, seed=0):
@@ -463,8 +514,14 @@ def test_parity_with_timm_cait_xxs24():
 
 
 def test_timm_config_reads_init_values_and_drop_rates():
-    kwargs = dict(TIMM_CONFIGS["tiny"], init_values=1e-5, drop_path_rate=0.1, proj_drop_rate=0.2,
-                  attn_drop_rate=0.3, pos_drop_rate=0.05)  # fmt: skip
+    kwargs = dict(
+        TIMM_CONFIGS["tiny"],
+        init_values=1e-5,
+        drop_path_rate=0.1,
+        proj_drop_rate=0.2,
+        attn_drop_rate=0.3,
+        pos_drop_rate=0.05,
+    )
     from timm.models.cait import Cait
 
     config = config_from_timm(Cait(**kwargs))

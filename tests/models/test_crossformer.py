@@ -78,8 +78,8 @@ def ported():
 # -- Part A: vit-pytorch's CrossFormer -------------------------------------------------------------------
 
 
-def seed_logits(kwargs, params, x_nchw):
-    """The seed-API module on NHWC images, jitted (one compile instead of hundreds of eager ops)."""
+def core_logits(kwargs, params, x_nchw):
+    """The core module on NHWC images, jitted (one compile instead of hundreds of eager ops)."""
     return jax.jit(CrossFormer(**kwargs).apply)({"params": params}, nhwc(x_nchw))
 
 
@@ -89,9 +89,9 @@ def test_parity_with_vit_pytorch_at_224(name, ported):
     torch_model, model = ported[name]
     assert isinstance(model, FlaxCrossFormerForImageClassification)
     x = images(2, 224, 224, kwargs.get("channels", 3))
-    # The port's parameters in the seed-API module; the HF wrapper's own forward is checked against
+    # The port's parameters in the core module; the HF wrapper's own forward is checked against
     # vit-pytorch in test_hf_save_and_auto_load_exact.
-    assert_parity(seed_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
+    assert_parity(core_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_parity_with_vit_pytorch_at_other_sizes(name, shape, ported):
     kwargs = PARITY_CONFIGS[name]
     torch_model, model = ported[name]
     x = images(1, *shape, seed=1)
-    assert_parity(seed_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
+    assert_parity(core_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
 
 
 def test_config_read_off_vit_pytorch_module(ported):
@@ -183,7 +183,7 @@ def test_train_stochastic_eval_deterministic(small_dropout):
     assert not np.allclose(a, b)
     np.testing.assert_array_equal(model(x).logits, model(x).logits)
     module = CrossFormer(**model.config.to_module_kwargs())
-    with pytest.raises(Exception, match="dropout"):  # the seed module: training needs a 'dropout' rng
+    with pytest.raises(Exception, match="dropout"):  # the core module: training needs a 'dropout' rng
         jax.eval_shape(lambda p: module.apply({"params": p}, nhwc(x), train=True), model.module_params()["params"])
 
 
@@ -400,9 +400,16 @@ def test_original_style_other_sizes_and_training():
     # A tiny original-style model at 112: the last map (3x3) is smaller than the group size 7, so the
     # release attends over it as one whole-map group; stochastic depth makes training stochastic.
     config = CrossFormerConfig.from_original(
-        dict(embed_dim=32, depths=[2, 2, 2, 2], num_heads=[1, 2, 4, 8], merge_size=[[2, 4]] * 3,
-             patch_size=[4, 8, 16, 32], num_classes=3, drop_path_rate=0.3)
-    )  # fmt: skip
+        dict(
+            embed_dim=32,
+            depths=[2, 2, 2, 2],
+            num_heads=[1, 2, 4, 8],
+            merge_size=[[2, 4]] * 3,
+            patch_size=[4, 8, 16, 32],
+            num_classes=3,
+            drop_path_rate=0.3,
+        )
+    )
     module = CrossFormer(**config.to_module_kwargs())
     x = jnp.asarray(images(2, 112, 112, seed=7).transpose(0, 2, 3, 1))
     # Random parameters of the right shapes, without compiling the initialisers.

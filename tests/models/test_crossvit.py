@@ -24,8 +24,8 @@ from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, conve
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     max_abs_diff,
     randomize_,
@@ -37,34 +37,107 @@ SMALL = dict(sm_enc_mlp_dim=64, lg_enc_mlp_dim=96, sm_enc_dim_head=16, lg_enc_di
 # vit-pytorch configurations (small enough for CPU: a few hundred K parameters at most).
 PARITY_CONFIGS = {
     "different-widths": dict(
-        image_size=32, num_classes=10, sm_dim=32, lg_dim=48, sm_patch_size=8, lg_patch_size=16, depth=2,
-        sm_enc_depth=1, lg_enc_depth=2, sm_enc_heads=2, lg_enc_heads=3, cross_attn_depth=2, cross_attn_heads=2, **SMALL,
+        image_size=32,
+        num_classes=10,
+        sm_dim=32,
+        lg_dim=48,
+        sm_patch_size=8,
+        lg_patch_size=16,
+        depth=2,
+        sm_enc_depth=1,
+        lg_enc_depth=2,
+        sm_enc_heads=2,
+        lg_enc_heads=3,
+        cross_attn_depth=2,
+        cross_attn_heads=2,
+        **SMALL,
     ),
     "equal-widths-no-projection": dict(
-        image_size=32, num_classes=5, sm_dim=32, lg_dim=32, sm_patch_size=4, lg_patch_size=8, depth=1,
-        sm_enc_depth=2, lg_enc_depth=1, sm_enc_heads=2, lg_enc_heads=2, cross_attn_depth=1, cross_attn_heads=4, **SMALL,
+        image_size=32,
+        num_classes=5,
+        sm_dim=32,
+        lg_dim=32,
+        sm_patch_size=4,
+        lg_patch_size=8,
+        depth=1,
+        sm_enc_depth=2,
+        lg_enc_depth=1,
+        sm_enc_heads=2,
+        lg_enc_heads=2,
+        cross_attn_depth=1,
+        cross_attn_heads=4,
+        **SMALL,
     ),
     "reference-defaults-scaled-down": dict(
-        image_size=48, num_classes=7, sm_dim=24, lg_dim=40, dropout=0.1, emb_dropout=0.1,
-        sm_enc_mlp_dim=48, lg_enc_mlp_dim=80, sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8,
+        image_size=48,
+        num_classes=7,
+        sm_dim=24,
+        lg_dim=40,
+        dropout=0.1,
+        emb_dropout=0.1,
+        sm_enc_mlp_dim=48,
+        lg_enc_mlp_dim=80,
+        sm_enc_dim_head=8,
+        lg_enc_dim_head=8,
+        cross_attn_dim_head=8,
     ),  # sm_patch_size=12, lg_patch_size=16, depth=3, 1+4 encoder blocks, 2 cross layers, 8 heads: the defaults
     "one-channel-wide-heads": dict(
-        image_size=24, num_classes=3, sm_dim=16, lg_dim=64, sm_patch_size=6, lg_patch_size=12, depth=2,
-        sm_enc_depth=1, lg_enc_depth=1, sm_enc_heads=1, lg_enc_heads=4, sm_enc_mlp_dim=32, lg_enc_mlp_dim=32,
-        sm_enc_dim_head=16, lg_enc_dim_head=24, cross_attn_depth=1, cross_attn_heads=3, cross_attn_dim_head=20,
+        image_size=24,
+        num_classes=3,
+        sm_dim=16,
+        lg_dim=64,
+        sm_patch_size=6,
+        lg_patch_size=12,
+        depth=2,
+        sm_enc_depth=1,
+        lg_enc_depth=1,
+        sm_enc_heads=1,
+        lg_enc_heads=4,
+        sm_enc_mlp_dim=32,
+        lg_enc_mlp_dim=32,
+        sm_enc_dim_head=16,
+        lg_enc_dim_head=24,
+        cross_attn_depth=1,
+        cross_attn_heads=3,
+        cross_attn_dim_head=20,
         channels=1,
     ),
     "no-cross-attention": dict(
-        image_size=16, num_classes=4, sm_dim=16, lg_dim=24, sm_patch_size=4, lg_patch_size=8, depth=2,
-        sm_enc_depth=1, lg_enc_depth=1, sm_enc_heads=2, lg_enc_heads=2, cross_attn_depth=0, **SMALL,
+        image_size=16,
+        num_classes=4,
+        sm_dim=16,
+        lg_dim=24,
+        sm_patch_size=4,
+        lg_patch_size=8,
+        depth=2,
+        sm_enc_depth=1,
+        lg_enc_depth=1,
+        sm_enc_heads=2,
+        lg_enc_heads=2,
+        cross_attn_depth=0,
+        **SMALL,
     ),
-}  # fmt: skip
+}
 
 SEED_README = dict(
-    image_size=256, num_classes=1000, depth=4, sm_dim=192, sm_patch_size=16, sm_enc_depth=2, sm_enc_heads=8,
-    sm_enc_mlp_dim=2048, lg_dim=384, lg_patch_size=64, lg_enc_depth=3, lg_enc_heads=8, lg_enc_mlp_dim=2048,
-    cross_attn_depth=2, cross_attn_heads=8, dropout=0.1, emb_dropout=0.1,
-)  # fmt: skip
+    image_size=256,
+    num_classes=1000,
+    depth=4,
+    sm_dim=192,
+    sm_patch_size=16,
+    sm_enc_depth=2,
+    sm_enc_heads=8,
+    sm_enc_mlp_dim=2048,
+    lg_dim=384,
+    lg_patch_size=64,
+    lg_enc_depth=3,
+    lg_enc_heads=8,
+    lg_enc_mlp_dim=2048,
+    cross_attn_depth=2,
+    cross_attn_heads=8,
+    dropout=0.1,
+    emb_dropout=0.1,
+)
 
 
 def reference(kwargs, seed=0):
@@ -76,7 +149,7 @@ def nhwc(x):
 
 
 def pooled_features(model, x):
-    """``pooler_output`` of a classification model, through the seed module's ``forward_features``."""
+    """``pooler_output`` of a classification model, through the core module's ``forward_features``."""
     module = CrossViT(**model.config.to_module_kwargs())
     variables = model.module_params()
     return module.apply(variables, nhwc(x), method=CrossViT.forward_features).pooler_output
@@ -97,7 +170,7 @@ def test_parity_with_vit_pytorch(name):
     assert model.config.style == "vit_pytorch"
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     logits = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     assert_parity(logits, expected)
 
@@ -136,14 +209,15 @@ def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
     assert isinstance(model, FlaxCrossViTModel)
     with torch.inference_mode():
         image = torch.from_numpy(x)
-        sm, lg = torch_model.multi_scale_encoder(torch_model.sm_image_embedder(image),
-                                                 torch_model.lg_image_embedder(image))  # fmt: skip
+        sm, lg = torch_model.multi_scale_encoder(
+            torch_model.sm_image_embedder(image), torch_model.lg_image_embedder(image)
+        )
     out = model(x)
     expected_pooled = torch.cat([sm[:, 0], lg[:, 0]], dim=-1).numpy()
     assert out.pooler_output.shape == (2, 32 + 48)
     assert max_abs_diff(out.pooler_output, expected_pooled) <= 1e-5
     assert max_abs_diff(out.last_hidden_state, sm.numpy()) <= 1e-5
-    # The seed module without heads returns the pooled features.
+    # The core module without heads returns the pooled features.
     pooled = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
     np.testing.assert_allclose(pooled, out.pooler_output, atol=1e-5)
 
@@ -167,8 +241,18 @@ def test_seed_readme_snippet():
         torch_count = sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
     assert n_params_flax == torch_count == 55_180_176
 
-    small = dict(SEED_README, image_size=64, sm_dim=32, lg_dim=48, sm_enc_mlp_dim=64, lg_enc_mlp_dim=64,
-                 sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8, lg_patch_size=32)  # fmt: skip
+    small = dict(
+        SEED_README,
+        image_size=64,
+        sm_dim=32,
+        lg_dim=48,
+        sm_enc_mlp_dim=64,
+        lg_enc_mlp_dim=64,
+        sm_enc_dim_head=8,
+        lg_enc_dim_head=8,
+        cross_attn_dim_head=8,
+        lg_patch_size=32,
+    )
     img = jax.random.normal(key, (1, 64, 64, 3))
     v = CrossViT(**small)
     params = v.init(init_rngs, img)
@@ -235,7 +319,9 @@ def test_outputs_hidden_states_attentions_and_tuples(small):
     assert out.attentions[0].shape == (2, 2, 17, 17) and out.lg_attentions[0].shape == (2, 3, 5, 5)
     np.testing.assert_allclose(np.asarray(out.lg_attentions[-1]).sum(-1), 1.0, rtol=1e-5)
     features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"], output_hidden_states=True)
-    np.testing.assert_array_equal(features.hidden_states[-1], features.last_hidden_state)  # no final norm in vit-pytorch
+    np.testing.assert_array_equal(
+        features.hidden_states[-1], features.last_hidden_state
+    )  # no final norm in vit-pytorch
     assert small(x).lg_hidden_states is None and "lg_attentions" not in small(x)
     assert len(small(x, return_dict=False, output_hidden_states=True)) == 3  # logits, hidden_states, lg_hidden_states
     logits, *_ = small(x, return_dict=False)
@@ -270,7 +356,7 @@ def test_dtype_and_gradient_checkpointing(small):
         (
             dict(style="timm", sm_enc_dim_head=24, lg_enc_dim_head=48, multi_conv=True, sm_patch_size=8, image_size=48),
             "exists for patch sizes",
-        ),  # fmt: skip
+        ),
         (dict(image_size=240, lg_image_size=230), "lg_image_size"),
         (dict(num_classes=3, num_labels=4), "disagree"),
     ],
@@ -280,7 +366,7 @@ def test_config_validation(kwargs, match):
         CrossViTConfig(**kwargs)
 
 
-def test_seed_module_validates_too():
+def test_core_module_validates_too():
     bad = CrossViT(image_size=30, num_classes=3, sm_dim=16, lg_dim=16, sm_patch_size=4, lg_patch_size=8)
     with pytest.raises(ValueError, match="not divisible by sm_patch_size 4"):
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
@@ -300,9 +386,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = CrossViT(**PARITY_CONFIGS["different-widths"])
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
 
 
 # -- Part B: timm -------------------------------------------------------------------------------------------
@@ -310,26 +396,49 @@ def test_seed_module_bad_images():
 TIMM_CONFIGS = {
     # timm's layout of the registered models: one un-nested fusion block (depth[-1] == 0), equal branch sizes.
     "conv-embed-equal-sizes": dict(
-        img_size=48, img_scale=(1.0, 1.0), patch_size=(12, 16), embed_dim=(24, 48),
-        depth=((1, 2, 0), (1, 2, 0)), num_heads=(2, 4), mlp_ratio=(2, 3, 1),
+        img_size=48,
+        img_scale=(1.0, 1.0),
+        patch_size=(12, 16),
+        embed_dim=(24, 48),
+        depth=((1, 2, 0), (1, 2, 0)),
+        num_heads=(2, 4),
+        mlp_ratio=(2, 3, 1),
     ),
     # The dagger stem, the large branch resized 48 -> 32 inside the forward (bicubic).
     "dagger-resized-branch": dict(
-        img_size=48, img_scale=(1.0, 32 / 48), patch_size=(12, 16), embed_dim=(24, 48),
-        depth=((1, 2, 0), (1, 2, 0)), num_heads=(2, 4), mlp_ratio=(2, 3, 1), multi_conv=True,
+        img_size=48,
+        img_scale=(1.0, 32 / 48),
+        patch_size=(12, 16),
+        embed_dim=(24, 48),
+        depth=((1, 2, 0), (1, 2, 0)),
+        num_heads=(2, 4),
+        mlp_ratio=(2, 3, 1),
+        multi_conv=True,
     ),
     # Resized up (48 -> 64), nested fusion of depth 3 (later blocks see only the class token).
     "upsampled-branch-nested-fusion": dict(
-        img_size=48, img_scale=(1.0, 64 / 48), patch_size=(8, 16), embed_dim=(24, 48),
-        depth=((1, 2, 3),), num_heads=(2, 4), mlp_ratio=(2, 3, 1),
+        img_size=48,
+        img_scale=(1.0, 64 / 48),
+        patch_size=(8, 16),
+        embed_dim=(24, 48),
+        depth=((1, 2, 3),),
+        num_heads=(2, 4),
+        mlp_ratio=(2, 3, 1),
     ),
     # Equal widths, no qkv bias, the second branch centre-cropped, mean pooling of patch tokens.
     "crop-scale-avg-pool-no-qkv-bias": dict(
-        img_size=48, img_scale=(1.0, 40 / 48), patch_size=(12, 20), embed_dim=(32, 32),
-        depth=((2, 1, 1),), num_heads=(4, 2), mlp_ratio=(2, 3, 1), qkv_bias=False, crop_scale=True,
+        img_size=48,
+        img_scale=(1.0, 40 / 48),
+        patch_size=(12, 20),
+        embed_dim=(32, 32),
+        depth=((2, 1, 1),),
+        num_heads=(4, 2),
+        mlp_ratio=(2, 3, 1),
+        qkv_bias=False,
+        crop_scale=True,
         global_pool="avg",
     ),
-}  # fmt: skip
+}
 
 
 def timm_port(torch_model):
@@ -368,8 +477,9 @@ def test_timm_original_key_names_and_strict_keys():
     torch_model = randomize_(CrossVit(num_classes=5, **TIMM_CONFIGS["conv-embed-equal-sizes"]))
     config = config_from_timm(torch_model)
     state_dict = to_numpy(torch_model.state_dict())
-    original = {k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v
-                for k, v in state_dict.items()}  # fmt: skip
+    original = {
+        k.replace("pos_embed_", "pos_embed.").replace("cls_token_", "cls_token."): v for k, v in state_dict.items()
+    }
     x = images(2, 48, 48)
     model = FlaxCrossViTForImageClassification.from_params(config, convert_timm(original, config))
     assert_parity(model(x).logits, torch_logits(torch_model, x))
@@ -390,8 +500,11 @@ def test_parameter_count_of_every_timm_architecture(name):
     model = FlaxCrossViTForImageClassification(config, _do_init=False)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(model.params_shape_tree))
     assert count == sum(p.numel() for p in torch_model.parameters())
-    logits = jax.eval_shape(model.module.apply, {"params": model.params_shape_tree},
-                            jax.ShapeDtypeStruct((1, *config.image_size_hw, 3), jnp.float32))  # fmt: skip
+    logits = jax.eval_shape(
+        model.module.apply,
+        {"params": model.params_shape_tree},
+        jax.ShapeDtypeStruct((1, *config.image_size_hw, 3), jnp.float32),
+    )
     assert logits.logits.shape == (1, 1000)
 
 
@@ -410,8 +523,9 @@ def test_timm_stochastic_depth_schedule_and_training():
     torch_model = CrossVit(num_classes=5, drop_path_rate=0.3, **kwargs)
     config = config_from_timm(torch_model)
     assert config.drop_path_rate == pytest.approx(0.3)
-    rates = timm_drop_path_rates(config.drop_path_rate, config.depth, config.sm_enc_depth, config.lg_enc_depth,
-                                 config.cross_attn_depth)  # fmt: skip
+    rates = timm_drop_path_rates(
+        config.drop_path_rate, config.depth, config.sm_enc_depth, config.lg_enc_depth, config.cross_attn_depth
+    )
 
     def prob(module):
         return float(getattr(module, "drop_prob", 0.0))

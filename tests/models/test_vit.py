@@ -10,8 +10,8 @@ import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
 from tests.helpers import (
     BAD_PIXEL_VALUES,
+    assert_core_module_rejects_bad_images,
     assert_parity,
-    assert_seed_module_rejects_bad_images,
     images,
     randomize_,
     torch_logits,
@@ -52,7 +52,7 @@ def test_parity_with_vit_pytorch(name):
     assert isinstance(model, FlaxViTForImageClassification)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     module = ViT(**kwargs)
     logits = module.apply(model.module_params(), jnp.asarray(x.transpose(0, 2, 3, 1)))
     assert_parity(logits, expected)
@@ -95,9 +95,16 @@ def test_seed_readme_snippet():
     key = jax.random.PRNGKey(0)
     img = jax.random.normal(key, (1, 256, 256, 3))
     v = ViT(
-        image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048,
-        dropout=0.1, emb_dropout=0.1,
-    )  # fmt: skip
+        image_size=256,
+        patch_size=32,
+        num_classes=1000,
+        dim=1024,
+        depth=6,
+        heads=16,
+        mlp_dim=2048,
+        dropout=0.1,
+        emb_dropout=0.1,
+    )
     init_rngs = {
         "params": jax.random.PRNGKey(1),
         "dropout": jax.random.PRNGKey(2),
@@ -208,8 +215,9 @@ def test_config_validation(kwargs, match):
 
 
 def test_config_aliases():
-    config = ViTConfig(hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192,
-                       num_channels=1, num_labels=7)  # fmt: skip
+    config = ViTConfig(
+        hidden_size=96, num_hidden_layers=3, num_attention_heads=6, intermediate_size=192, num_channels=1, num_labels=7
+    )
     assert (config.dim, config.depth, config.heads, config.mlp_dim, config.channels) == (96, 3, 6, 192, 1)
     assert config.num_classes == 7 and len(config.id2label) == 7
     config.hidden_size = 48
@@ -224,9 +232,9 @@ def test_bad_pixel_values(small, shape, match):
         small(np.zeros(shape, np.float32))
 
 
-def test_seed_module_bad_images():
+def test_core_module_bad_images():
     module = ViT(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
-    assert_seed_module_rejects_bad_images(module)
+    assert_core_module_rejects_bad_images(module)
     with pytest.raises(ValueError, match="not divisible by patch width"):
         bad = ViT(image_size=(32, 36), patch_size=8, num_classes=3, dim=32, depth=1, heads=2, mlp_dim=32)
         jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 32, 36, 3)))

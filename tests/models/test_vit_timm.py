@@ -22,7 +22,7 @@ import hf_vit_flax
 from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViT, ViTConfig
 from hf_vit_flax.conversion_utils import resample_abs_pos_embed, to_numpy
 from hf_vit_flax.models.vit.convert_vit import config_from_timm, convert_timm
-from hf_vit_flax.timm import timm_variant_info
+from hf_vit_flax.timm_weights import timm_variant_info
 from tests.helpers import assert_parity, images, randomize_, torch_logits
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=10)
@@ -31,19 +31,26 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_
 FEATURES = {
     "conv-embed-qkv-bias-cls-token": ("vit_tiny_patch16_224", {}, dict(patch_embedding="conv", qkv_bias=True)),
     "avg-pool-fc-norm-no-class-token": (
-        "vit_base_patch16_224", dict(global_pool="avg", class_token=False),
+        "vit_base_patch16_224",
+        dict(global_pool="avg", class_token=False),
         dict(pool="mean", fc_norm=True, class_token=False),
     ),
     "avg-pool-with-class-token": (
-        "vit_base_patch16_224", dict(global_pool="avg"), dict(pool="mean", fc_norm=True, class_token=True),
+        "vit_base_patch16_224",
+        dict(global_pool="avg"),
+        dict(pool="mean", fc_norm=True, class_token=True),
     ),
     "no-qkv-bias-layerscale-avg-final-norm": (
-        "vit_medium_patch16_gap_256", {}, dict(qkv_bias=False, pool="mean", fc_norm=False, class_token=False),
+        "vit_medium_patch16_gap_256",
+        {},
+        dict(qkv_bias=False, pool="mean", fc_norm=False, class_token=False),
     ),
     "avg-pool-final-norm-siglip-gap": ("vit_base_patch16_siglip_gap_224", {}, dict(pool="mean", fc_norm=False)),
     "register-tokens": ("vit_base_patch16_224", dict(reg_tokens=4), dict(reg_tokens=4, no_embed_class=False)),
     "registers-no-embed-class-layerscale": (
-        "vit_wee_patch16_reg1_gap_256", {}, dict(reg_tokens=1, no_embed_class=True, layer_scale_init=1e-5),
+        "vit_wee_patch16_reg1_gap_256",
+        {},
+        dict(reg_tokens=1, no_embed_class=True, layer_scale_init=1e-5),
     ),
     "no-embed-class-layerscale-deit3": ("deit3_small_patch16_224", {}, dict(no_embed_class=True)),
     "clip-pre-norm-eps-1e-5": ("vit_base_patch16_clip_224", {}, dict(pre_norm=True, patch_bias=False)),
@@ -53,7 +60,9 @@ FEATURES = {
     "distilled-head": ("deit_tiny_distilled_patch16_224", {}, dict(distilled=True)),
     "no-final-norm": ("vit_base_patch16_224", dict(final_norm=False), dict(final_norm=False)),
     "rectangular-image-and-patch": (
-        "vit_base_patch16_224", dict(img_size=(32, 48), patch_size=(8, 12)), dict(image_size=[32, 48]),
+        "vit_base_patch16_224",
+        dict(img_size=(32, 48), patch_size=(8, 12)),
+        dict(image_size=[32, 48]),
     ),
     "image-not-divisible-by-patch": ("vit_base_patch16_224", dict(img_size=36), dict(image_size=36)),
     "training-options": (
@@ -61,7 +70,7 @@ FEATURES = {
         dict(drop_path_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.1, pos_drop_rate=0.05, drop_rate=0.2),
         dict(drop_path_rate=0.1, dropout=0.1, emb_dropout=0.05, head_dropout=0.2),
     ),
-}  # fmt: skip
+}
 
 EPS = {"clip-pre-norm-eps-1e-5": 1e-5, "clip-quick-gelu": 1e-5}
 
@@ -119,7 +128,7 @@ def test_parity_per_feature_through_every_source(feature, tmp_path, offline_hub)
     assert model.config.layer_norm_eps == EPS.get(feature, 1e-6)
     assert_parity(model(x).logits, expected)
 
-    # The seed-API module holds the same parameters and computes the same function (NHWC in).
+    # The core module holds the same parameters and computes the same function (NHWC in).
     logits = ViT(**model.config.to_module_kwargs()).apply(model.module_params(), x.transpose(0, 2, 3, 1))
     assert_parity(logits, expected)
 

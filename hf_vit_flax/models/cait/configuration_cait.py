@@ -118,11 +118,20 @@ class CaiTConfig(VisionTransformerConfig):
 
     def check_architecture(self) -> None:
         validate_cait(
-            image_size=self.image_size, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
-            cls_depth=self.cls_depth, heads=self.heads, mlp_dim=self.mlp_dim, dim_head=self.dim_head,
-            channels=self.channels, style=self.style, cls_mlp_dim=self.cls_mlp_dim,
-            layer_scale_init=self.layer_scale_init, layer_norm_eps=self.layer_norm_eps,
-        )  # fmt: skip
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            dim=self.dim,
+            depth=self.depth,
+            cls_depth=self.cls_depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            dim_head=self.dim_head,
+            channels=self.channels,
+            style=self.style,
+            cls_mlp_dim=self.cls_mlp_dim,
+            layer_scale_init=self.layer_scale_init,
+            layer_norm_eps=self.layer_norm_eps,
+        )
 
     def num_layers(self) -> int:
         return self.depth + self.cls_depth
@@ -188,8 +197,9 @@ def validate_cait(
     layer_norm_eps: float,
 ) -> None:
     """The checks shared by :class:`CaiTConfig` and the linen module (a ValueError naming the fix)."""
-    check_positive(dim=dim, depth=depth, cls_depth=cls_depth, heads=heads, mlp_dim=mlp_dim, dim_head=dim_head,
-                   channels=channels)  # fmt: skip
+    check_positive(
+        dim=dim, depth=depth, cls_depth=cls_depth, heads=heads, mlp_dim=mlp_dim, dim_head=dim_head, channels=channels
+    )
     if cls_mlp_dim is not None:
         check_positive(cls_mlp_dim=cls_mlp_dim)
     if style not in STYLES:

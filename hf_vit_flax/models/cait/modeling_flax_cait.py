@@ -32,12 +32,12 @@ import jax
 import jax.numpy as jnp
 
 from ...layers import (
+    CoreModule,
     DropPath,
     Features,
     FeedForward,
     LayerScale,
     LinearHead,
-    SeedModel,
     attend,
     check_image,
     gradient_barrier,
@@ -45,7 +45,7 @@ from ...layers import (
     pair,
     remat_if,
 )
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_cait import CaiTConfig, validate_cait
 
@@ -151,10 +151,17 @@ class _CaiTAttentionBase(nn.Module):
         scale = self.dim_head**-0.5
         if talking_heads:
             return talking_heads_attend(
-                q, k, v, scale=scale, pre_softmax=self.proj_l, post_softmax=self.proj_w, dropout=self.attn_drop,
-                dropout_before_mixing=self.style == "vit_pytorch", deterministic=deterministic,
+                q,
+                k,
+                v,
+                scale=scale,
+                pre_softmax=self.proj_l,
+                post_softmax=self.proj_w,
+                dropout=self.attn_drop,
+                dropout_before_mixing=self.style == "vit_pytorch",
+                deterministic=deterministic,
                 return_weights=output_attentions,
-            )  # fmt: skip
+            )
         return attend(
             q, k, v, scale=scale, dropout=self.attn_drop, deterministic=deterministic, return_weights=output_attentions
         )
@@ -334,7 +341,7 @@ class CaiTStack(nn.Module):
                 drop_path=self.drop_path,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-            )  # fmt: skip
+            )
             for i in range(self.depth)
         ]
 
@@ -380,7 +387,7 @@ class CaiTStack(nn.Module):
         return x, hidden_states, attentions
 
 
-class CaiT(SeedModel):
+class CaiT(CoreModule):
     """Class-Attention in Image Transformers, with vit-pytorch's constructor arguments; NHWC images.
 
     ``CaiT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -423,11 +430,20 @@ class CaiT(SeedModel):
 
     def setup(self):
         validate_cait(
-            image_size=self.image_size, patch_size=self.patch_size, dim=self.dim, depth=self.depth,
-            cls_depth=self.cls_depth, heads=self.heads, mlp_dim=self.mlp_dim, dim_head=self.dim_head,
-            channels=self.channels, style=self.style, cls_mlp_dim=self.cls_mlp_dim,
-            layer_scale_init=self.layer_scale_init, layer_norm_eps=self.layer_norm_eps,
-        )  # fmt: skip
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            dim=self.dim,
+            depth=self.depth,
+            cls_depth=self.cls_depth,
+            heads=self.heads,
+            mlp_dim=self.mlp_dim,
+            dim_head=self.dim_head,
+            channels=self.channels,
+            style=self.style,
+            cls_mlp_dim=self.cls_mlp_dim,
+            layer_scale_init=self.layer_scale_init,
+            layer_norm_eps=self.layer_norm_eps,
+        )
         (height, width), patch_size = pair(self.image_size), pair(self.patch_size)
         num_patches = (height // patch_size[0]) * (width // patch_size[1])
         timm = self.style == "timm"
@@ -444,19 +460,33 @@ class CaiT(SeedModel):
         self.emb_drop = nn.Dropout(self.emb_dropout)
 
         stack = functools.partial(
-            CaiTStack, dim=self.dim, heads=self.heads, dim_head=self.dim_head, qkv_bias=self.qkv_bias,
-            style=self.style, layer_norm_eps=self.layer_norm_eps, layer_scale_init=self.layer_scale_init,
-            layer_dropout=self.layer_dropout, remat=self.remat, **kw,
-        )  # fmt: skip
+            CaiTStack,
+            dim=self.dim,
+            heads=self.heads,
+            dim_head=self.dim_head,
+            qkv_bias=self.qkv_bias,
+            style=self.style,
+            layer_norm_eps=self.layer_norm_eps,
+            layer_scale_init=self.layer_scale_init,
+            layer_dropout=self.layer_dropout,
+            remat=self.remat,
+            **kw,
+        )
         attn_dropout = self.dropout if self.attn_dropout is None else self.attn_dropout
         self.patch_transformer = stack(
-            self.depth, mlp_dim=self.mlp_dim, dropout=self.dropout, attn_dropout=attn_dropout,
+            self.depth,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attn_dropout=attn_dropout,
             drop_path=self.drop_path_rate,
-        )  # fmt: skip
+        )
         self.cls_transformer = stack(
-            self.cls_depth, mlp_dim=self.cls_mlp_dim or self.mlp_dim, class_attention=True,
-            dropout=0.0 if timm else self.dropout, attn_dropout=0.0 if timm else attn_dropout,
-        )  # fmt: skip
+            self.cls_depth,
+            mlp_dim=self.cls_mlp_dim or self.mlp_dim,
+            class_attention=True,
+            dropout=0.0 if timm else self.dropout,
+            attn_dropout=0.0 if timm else attn_dropout,
+        )
         self.norm = layer_norm(self.layer_norm_eps, **kw)
         self.setup_head()
 
@@ -472,9 +502,12 @@ class CaiT(SeedModel):
         )
         class_token = jnp.broadcast_to(self.cls_token.astype(x.dtype), (x.shape[0], 1, self.dim))
         class_token, cls_hidden_states, cls_attentions = self.cls_transformer(
-            class_token, x, deterministic=not train, output_hidden_states=output_hidden_states,
+            class_token,
+            x,
+            deterministic=not train,
+            output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
-        )  # fmt: skip
+        )
         # vit-pytorch's head LayerNorm on the class token = timm's final norm of [class token, patches].
         x = self.norm(jnp.concatenate([class_token, x], axis=1))
         if output_hidden_states:
@@ -487,13 +520,13 @@ class CaiT(SeedModel):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCaiTModule(FlaxBackboneModule):
-    seed_module_class = CaiT
+class FlaxCaiTModule(FlaxBaseModelModule):
+    core_module_class = CaiT
     base_model_prefix = "cait"
 
 
 class FlaxCaiTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = CaiT
+    core_module_class = CaiT
     base_model_prefix = "cait"
 
 

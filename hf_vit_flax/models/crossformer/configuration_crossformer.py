@@ -247,14 +247,16 @@ class CrossFormerConfig(VisionTransformerConfig):
     # style, cross_embed_kernel_sizes and the rules between fields: validate_architecture and check_image_size.
     field_checks = {
         "image_size": positive_size,
-        **dict.fromkeys(("dim", "depth", "global_window_size", "local_window_size", "cross_embed_strides"),
-                        stage_values(positive_int)),
+        **dict.fromkeys(
+            ("dim", "depth", "global_window_size", "local_window_size", "cross_embed_strides"),
+            stage_values(positive_int),
+        ),
         "heads": optional(stage_values(positive_int)),
         **dict.fromkeys(("dim_head", "channels"), positive_int),
         **dict.fromkeys(("attn_dropout", "ff_dropout", "drop_path_rate"), rate),
         **dict.fromkeys(("mlp_ratio", "layer_norm_eps"), positive_float),
         "qkv_bias": optional(boolean),
-    }  # fmt: skip
+    }
     attribute_map = {
         **VisionTransformerConfig.attribute_map,
         "hidden_sizes": "dim",

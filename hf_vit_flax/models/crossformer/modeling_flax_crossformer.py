@@ -33,11 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...layers import (
+    CoreModule,
     DropPath,
     Features,
     FeedForward,
     LinearHead,
-    SeedModel,
     attend,
     check_image,
     flatten_tokens,
@@ -45,7 +45,7 @@ from ...layers import (
     layer_norm,
     remat_if,
 )
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_crossformer import (
     CrossFormerConfig,
     block_grouping,
@@ -342,7 +342,7 @@ class CrossFormerStage(nn.Module):
         return embedded, x, hidden_states, attentions
 
 
-class CrossFormer(SeedModel):
+class CrossFormer(CoreModule):
     """CrossFormer with vit-pytorch's constructor arguments (plus the options of the original release); NHWC.
 
     ``CrossFormer(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with
@@ -473,13 +473,13 @@ class CrossFormer(SeedModel):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCrossFormerModule(FlaxBackboneModule):
-    seed_module_class = CrossFormer
+class FlaxCrossFormerModule(FlaxBaseModelModule):
+    core_module_class = CrossFormer
     base_model_prefix = "crossformer"
 
 
 class FlaxCrossFormerForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = CrossFormer
+    core_module_class = CrossFormer
     base_model_prefix = "crossformer"
 
 

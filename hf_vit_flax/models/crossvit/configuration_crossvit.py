@@ -73,15 +73,28 @@ def check_crossvit_arguments(
         raise ValueError(
             f"global_pool must be 'token' (class tokens) or 'avg' (mean of patch tokens), got {global_pool!r}"
         )
-    check_positive(sm_dim=sm_dim, lg_dim=lg_dim, sm_patch_size=sm_patch_size, lg_patch_size=lg_patch_size,
-                   sm_enc_heads=sm_enc_heads, lg_enc_heads=lg_enc_heads, sm_enc_mlp_dim=sm_enc_mlp_dim,
-                   lg_enc_mlp_dim=lg_enc_mlp_dim, sm_enc_dim_head=sm_enc_dim_head, lg_enc_dim_head=lg_enc_dim_head,
-                   depth=depth, channels=channels)  # fmt: skip
+    check_positive(
+        sm_dim=sm_dim,
+        lg_dim=lg_dim,
+        sm_patch_size=sm_patch_size,
+        lg_patch_size=lg_patch_size,
+        sm_enc_heads=sm_enc_heads,
+        lg_enc_heads=lg_enc_heads,
+        sm_enc_mlp_dim=sm_enc_mlp_dim,
+        lg_enc_mlp_dim=lg_enc_mlp_dim,
+        sm_enc_dim_head=sm_enc_dim_head,
+        lg_enc_dim_head=lg_enc_dim_head,
+        depth=depth,
+        channels=channels,
+    )
     check_rate(dropout=dropout, emb_dropout=emb_dropout, drop_path_rate=drop_path_rate)
     # vit-pytorch allows empty encoders and no cross attention; timm always has at least one of each.
     least = 1 if style == "timm" else 0
-    for name, value in (("sm_enc_depth", sm_enc_depth), ("lg_enc_depth", lg_enc_depth),
-                        ("cross_attn_depth", cross_attn_depth)):  # fmt: skip
+    for name, value in (
+        ("sm_enc_depth", sm_enc_depth),
+        ("lg_enc_depth", lg_enc_depth),
+        ("cross_attn_depth", cross_attn_depth),
+    ):
         if int(value) < least:
             raise ValueError(f"{name} must be an integer >= {least} with style={style!r}, got {value}")
     if style == "vit_pytorch":
@@ -92,8 +105,10 @@ def check_crossvit_arguments(
             raise ValueError("multi_conv (timm's 'dagger' patch embedding) needs style='timm'")
     else:
         # timm's attention splits the width into heads: dim_head * heads must be the width.
-        for branch, dim, heads, dim_head in (("sm", sm_dim, sm_enc_heads, sm_enc_dim_head),
-                                             ("lg", lg_dim, lg_enc_heads, lg_enc_dim_head)):  # fmt: skip
+        for branch, dim, heads, dim_head in (
+            ("sm", sm_dim, sm_enc_heads, sm_enc_dim_head),
+            ("lg", lg_dim, lg_enc_heads, lg_enc_dim_head),
+        ):
             if heads * dim_head != dim:
                 raise ValueError(
                     f"style='timm' splits the width into heads: {branch}_enc_heads * {branch}_enc_dim_head "
@@ -163,15 +178,29 @@ class CrossViTConfig(VisionTransformerConfig):
     field_checks = {
         "image_size": positive_size,
         **dict.fromkeys(("sm_image_size", "lg_image_size"), optional(positive_size)),
-        **dict.fromkeys(("sm_dim", "lg_dim", "sm_patch_size", "lg_patch_size", "sm_enc_heads", "lg_enc_heads",
-                         "sm_enc_mlp_dim", "lg_enc_mlp_dim", "sm_enc_dim_head", "lg_enc_dim_head", "depth",
-                         "channels"), positive_int),
+        **dict.fromkeys(
+            (
+                "sm_dim",
+                "lg_dim",
+                "sm_patch_size",
+                "lg_patch_size",
+                "sm_enc_heads",
+                "lg_enc_heads",
+                "sm_enc_mlp_dim",
+                "lg_enc_mlp_dim",
+                "sm_enc_dim_head",
+                "lg_enc_dim_head",
+                "depth",
+                "channels",
+            ),
+            positive_int,
+        ),
         **dict.fromkeys(("sm_enc_depth", "lg_enc_depth", "cross_attn_depth"), non_negative_int),
         **dict.fromkeys(("cross_attn_heads", "cross_attn_dim_head"), optional(positive_int)),
         **dict.fromkeys(("dropout", "emb_dropout", "drop_path_rate"), rate),
         "layer_norm_eps": positive_float,
         **dict.fromkeys(("multi_conv", "qkv_bias", "crop_scale"), boolean),
-    }  # fmt: skip
+    }
 
     def __init__(
         self,
@@ -247,11 +276,25 @@ class CrossViTConfig(VisionTransformerConfig):
     def estimate_num_parameters(self) -> int:
         timm, qkv_bias = self.style == "timm", self.qkv_bias
         branches = [
-            (self.sm_dim, self.sm_patch_size, self.sm_image_size, self.sm_enc_depth, self.sm_enc_heads,
-             self.sm_enc_dim_head, self.sm_enc_mlp_dim),
-            (self.lg_dim, self.lg_patch_size, self.lg_image_size, self.lg_enc_depth, self.lg_enc_heads,
-             self.lg_enc_dim_head, self.lg_enc_mlp_dim),
-        ]  # fmt: skip
+            (
+                self.sm_dim,
+                self.sm_patch_size,
+                self.sm_image_size,
+                self.sm_enc_depth,
+                self.sm_enc_heads,
+                self.sm_enc_dim_head,
+                self.sm_enc_mlp_dim,
+            ),
+            (
+                self.lg_dim,
+                self.lg_patch_size,
+                self.lg_image_size,
+                self.lg_enc_depth,
+                self.lg_enc_heads,
+                self.lg_enc_dim_head,
+                self.lg_enc_mlp_dim,
+            ),
+        ]
 
         def cross_attention(dim: int, heads: int, dim_head: int) -> int:
             """A class token attends in width ``dim``: LayerNorm, q and kv, output projection."""

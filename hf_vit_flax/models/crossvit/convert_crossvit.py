@@ -192,9 +192,15 @@ def config_from_timm(model: Any) -> CrossViTConfig:
     # A fusion entry is one CrossAttentionBlock (timm's depth[-1] == 0) or a Sequential of them.
     cross_depths = [1 if hasattr(blk.fusion[0], "attn") else len(blk.fusion[0]) for blk in model.blocks]
     drop_path = max(
-        [float(getattr(m, "drop_prob", 0.0)) for blk in model.blocks for branch in blk.blocks for block in branch
-         for m in (block.drop_path1, block.drop_path2)] or [0.0]
-    )  # fmt: skip
+        [
+            float(getattr(m, "drop_prob", 0.0))
+            for blk in model.blocks
+            for branch in blk.blocks
+            for block in branch
+            for m in (block.drop_path1, block.drop_path2)
+        ]
+        or [0.0]
+    )
     proj_drop, attn_drop = float(first_block.attn.proj_drop.p), float(first_block.attn.attn_drop.p)
     head_drop = float(model.head_drop.p)
     if attn_drop != proj_drop or head_drop:
@@ -265,16 +271,23 @@ def convert_timm(state_dict: Mapping[str, np.ndarray], config: CrossViTConfig) -
                     "norm2": sd.layer_norm(f"{p}.norm2"),
                     "mlp": {"fc1": sd.linear(f"{p}.mlp.fc1"), "fc2": sd.linear(f"{p}.mlp.fc2")},
                 }
-            block[f"{b}_proj"] = {"norm": sd.layer_norm(f"blocks.{i}.projs.{d}.0"),
-                                  "fc": sd.linear(f"blocks.{i}.projs.{d}.2")}  # fmt: skip
-            block[f"{b}_revert"] = {"norm": sd.layer_norm(f"blocks.{i}.revert_projs.{d}.0"),
-                                    "fc": sd.linear(f"blocks.{i}.revert_projs.{d}.2")}  # fmt: skip
+            block[f"{b}_proj"] = {
+                "norm": sd.layer_norm(f"blocks.{i}.projs.{d}.0"),
+                "fc": sd.linear(f"blocks.{i}.projs.{d}.2"),
+            }
+            block[f"{b}_revert"] = {
+                "norm": sd.layer_norm(f"blocks.{i}.revert_projs.{d}.0"),
+                "fc": sd.linear(f"blocks.{i}.revert_projs.{d}.2"),
+            }
             for k in range(config.cross_attn_depth):
                 p = f"blocks.{i}.fusion.{d}.{k}"
                 if k == 0 and config.cross_attn_depth == 1 and f"{p}.norm1.weight" not in sd:
                     p = f"blocks.{i}.fusion.{d}"  # timm's single, un-nested fusion block (depth[-1] == 0)
-                kv = {"kernel": np.concatenate([linear(sd.pop(f"{p}.attn.wk.weight")),
-                                                linear(sd.pop(f"{p}.attn.wv.weight"))], axis=1)}  # fmt: skip
+                kv = {
+                    "kernel": np.concatenate(
+                        [linear(sd.pop(f"{p}.attn.wk.weight")), linear(sd.pop(f"{p}.attn.wv.weight"))], axis=1
+                    )
+                }
                 if bias:
                     kv["bias"] = np.concatenate([sd.pop(f"{p}.attn.wk.bias"), sd.pop(f"{p}.attn.wv.bias")])
                 block[f"{b}_attend_{other}_{k}"] = {

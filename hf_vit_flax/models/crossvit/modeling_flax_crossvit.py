@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...layers import (
+    CoreModule,
     DropPath,
     Features,
-    SeedModel,
     Transformer,
     TransformerBlock,
     attend,
@@ -50,7 +50,7 @@ from ...layers import (
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_crossvit import CrossViTConfig, check_crossvit_arguments
 
@@ -78,9 +78,15 @@ class DaggerPatchEmbedding(nn.Module):
             if i:
                 x = nn.relu(x)
             # Explicit symmetric padding, as PyTorch's Conv2d (not 'SAME').
-            x = nn.Conv(self.dim // divisor, (kernel, kernel), strides=(stride, stride),
-                        padding=((pad, pad), (pad, pad)), dtype=self.dtype, param_dtype=self.param_dtype,
-                        name=f"conv{i + 1}")(x)  # fmt: skip
+            x = nn.Conv(
+                self.dim // divisor,
+                (kernel, kernel),
+                strides=(stride, stride),
+                padding=((pad, pad), (pad, pad)),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"conv{i + 1}",
+            )(x)
         return flatten_tokens(x)
 
 
@@ -159,9 +165,14 @@ class CrossAttention(nn.Module):
         q = self.q(query).reshape(batch, 1, self.heads, self.dim_head)
         kv = self.kv(keys).reshape(batch, tokens, 2, self.heads, self.dim_head)
         out, weights = attend(
-            q, kv[:, :, 0], kv[:, :, 1], scale=self.dim_head**-0.5, dropout=self.attn_drop,
-            deterministic=deterministic, return_weights=output_attentions,
-        )  # fmt: skip
+            q,
+            kv[:, :, 0],
+            kv[:, :, 1],
+            scale=self.dim_head**-0.5,
+            dropout=self.attn_drop,
+            deterministic=deterministic,
+            return_weights=output_attentions,
+        )
         out = self.proj(out.reshape(batch, 1, self.heads * self.dim_head))
         return self.proj_drop(out, deterministic=deterministic), weights
 
@@ -186,9 +197,14 @@ class ProjectedCrossAttention(nn.Module):
             self.project_in = nn.Dense(self.context_dim, **kw)
             self.project_out = nn.Dense(self.dim, **kw)
         self.attn = CrossAttention(
-            self.context_dim, self.heads, self.dim_head, self.dropout, qkv_bias=self.qkv_bias,
-            layer_norm_eps=self.layer_norm_eps, **kw,
-        )  # fmt: skip
+            self.context_dim,
+            self.heads,
+            self.dim_head,
+            self.dropout,
+            qkv_bias=self.qkv_bias,
+            layer_norm_eps=self.layer_norm_eps,
+            **kw,
+        )
 
     def __call__(self, class_token, context, *, deterministic: bool = True, output_attentions: bool = False):
         projected = self.dim != self.context_dim
@@ -286,12 +302,30 @@ class MultiScaleEncoderLayer(nn.Module):
 
         def encoder(b: BranchSpec):
             # cross_vit's Attention always has its output projection (unlike vit.py's project_out rule).
-            return Transformer(b.dim, b.depth, b.heads, b.dim_head, b.mlp_dim, self.dropout, qkv_bias=self.qkv_bias,
-                               layer_norm_eps=self.layer_norm_eps, remat=self.remat, **kw)  # fmt: skip
+            return Transformer(
+                b.dim,
+                b.depth,
+                b.heads,
+                b.dim_head,
+                b.mlp_dim,
+                self.dropout,
+                qkv_bias=self.qkv_bias,
+                layer_norm_eps=self.layer_norm_eps,
+                remat=self.remat,
+                **kw,
+            )
 
         def cross(dim: int, context_dim: int):
-            return ProjectedCrossAttention(dim, context_dim, self.cross_heads, self.cross_dim_head, self.dropout,
-                                           self.qkv_bias, self.layer_norm_eps, **kw)  # fmt: skip
+            return ProjectedCrossAttention(
+                dim,
+                context_dim,
+                self.cross_heads,
+                self.cross_dim_head,
+                self.dropout,
+                self.qkv_bias,
+                self.layer_norm_eps,
+                **kw,
+            )
 
         self.sm_encoder = encoder(self.sm)
         self.lg_encoder = encoder(self.lg)
@@ -299,10 +333,12 @@ class MultiScaleEncoderLayer(nn.Module):
         self.lg_attend_sm = [cross(self.lg.dim, self.sm.dim) for _ in range(self.cross_depth)]
 
     def __call__(self, sm_tokens, lg_tokens, deterministic: bool = True, output_attentions: bool = False):
-        sm_tokens, _, sm_weights = self.sm_encoder(sm_tokens, deterministic=deterministic,
-                                                   output_attentions=output_attentions)  # fmt: skip
-        lg_tokens, _, lg_weights = self.lg_encoder(lg_tokens, deterministic=deterministic,
-                                                   output_attentions=output_attentions)  # fmt: skip
+        sm_tokens, _, sm_weights = self.sm_encoder(
+            sm_tokens, deterministic=deterministic, output_attentions=output_attentions
+        )
+        lg_tokens, _, lg_weights = self.lg_encoder(
+            lg_tokens, deterministic=deterministic, output_attentions=output_attentions
+        )
         sm_cls, sm_patches = sm_tokens[:, :1], sm_tokens[:, 1:]
         lg_cls, lg_patches = lg_tokens[:, :1], lg_tokens[:, 1:]
         kw = dict(deterministic=deterministic)
@@ -339,18 +375,35 @@ class MultiScaleBlock(nn.Module):
 
         def blocks(b: BranchSpec, rates: tuple[float, ...]):
             return [
-                block_cls(b.dim, b.heads, b.dim_head, b.mlp_dim, self.dropout, qkv_bias=self.qkv_bias,
-                          layer_norm_eps=self.layer_norm_eps, drop_path=rates[j] if rates else 0.0, **kw)
+                block_cls(
+                    b.dim,
+                    b.heads,
+                    b.dim_head,
+                    b.mlp_dim,
+                    self.dropout,
+                    qkv_bias=self.qkv_bias,
+                    layer_norm_eps=self.layer_norm_eps,
+                    drop_path=rates[j] if rates else 0.0,
+                    **kw,
+                )
                 for j in range(b.depth)
-            ]  # fmt: skip
+            ]
 
         def cross(b: BranchSpec):
             # Runs in the width of branch ``b`` with its heads (timm: num_heads[(d + 1) % 2]).
             return [
-                CrossAttention(b.dim, b.heads, b.dim_head, self.dropout, self.qkv_bias, norm_context=True,
-                               layer_norm_eps=self.layer_norm_eps, **kw)
+                CrossAttention(
+                    b.dim,
+                    b.heads,
+                    b.dim_head,
+                    self.dropout,
+                    self.qkv_bias,
+                    norm_context=True,
+                    layer_norm_eps=self.layer_norm_eps,
+                    **kw,
+                )
                 for _ in range(self.cross_depth)
-            ]  # fmt: skip
+            ]
 
         self.sm_blocks = blocks(self.sm, self.sm_drop_path)
         self.lg_blocks = blocks(self.lg, self.lg_drop_path)
@@ -403,15 +456,17 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     out = []
     for b in range(depth):
         start = b * step
-        out.append((
-            tuple(at(start + j) for j in range(sm_depth)),
-            tuple(at(start + j) for j in range(lg_depth)),
-            at(min(start + step, total) - 1),
-        ))  # fmt: skip
+        out.append(
+            (
+                tuple(at(start + j) for j in range(sm_depth)),
+                tuple(at(start + j) for j in range(lg_depth)),
+                at(min(start + step, total) - 1),
+            )
+        )
     return out
 
 
-class CrossViT(SeedModel):
+class CrossViT(CoreModule):
     """CrossViT with vit-pytorch's constructor arguments (plus timm's options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum of the two
@@ -488,29 +543,45 @@ class CrossViT(SeedModel):
         check_crossvit_arguments(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         sm_size, lg_size = self.branch_image_sizes
-        embed = functools.partial(BranchEmbedding, style=self.style, multi_conv=self.multi_conv,
-                                  emb_dropout=self.emb_dropout, layer_norm_eps=self.layer_norm_eps, **kw)  # fmt: skip
+        embed = functools.partial(
+            BranchEmbedding,
+            style=self.style,
+            multi_conv=self.multi_conv,
+            emb_dropout=self.emb_dropout,
+            layer_norm_eps=self.layer_norm_eps,
+            **kw,
+        )
         self.sm_embed = embed(self.sm_dim, sm_size, self.sm_patch_size)
         self.lg_embed = embed(self.lg_dim, lg_size, self.lg_patch_size)
 
         sm = BranchSpec(self.sm_dim, self.sm_enc_depth, self.sm_enc_heads, self.sm_enc_dim_head, self.sm_enc_mlp_dim)
         lg = BranchSpec(self.lg_dim, self.lg_enc_depth, self.lg_enc_heads, self.lg_enc_dim_head, self.lg_enc_mlp_dim)
-        common = dict(dropout=self.dropout, qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps,
-                      remat=self.remat, **kw)  # fmt: skip
+        common = dict(
+            dropout=self.dropout, qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps, remat=self.remat, **kw
+        )
         if self.style == "vit_pytorch":
             self.blocks = [
-                MultiScaleEncoderLayer(sm, lg, self.cross_attn_depth, self.cross_attn_heads, self.cross_attn_dim_head,
-                                       **common)
+                MultiScaleEncoderLayer(
+                    sm, lg, self.cross_attn_depth, self.cross_attn_heads, self.cross_attn_dim_head, **common
+                )
                 for _ in range(self.depth)
-            ]  # fmt: skip
+            ]
         else:
-            rates = timm_drop_path_rates(self.drop_path_rate, self.depth, self.sm_enc_depth, self.lg_enc_depth,
-                                         self.cross_attn_depth)  # fmt: skip
+            rates = timm_drop_path_rates(
+                self.drop_path_rate, self.depth, self.sm_enc_depth, self.lg_enc_depth, self.cross_attn_depth
+            )
             self.blocks = [
-                MultiScaleBlock(sm, lg, self.cross_attn_depth, sm_drop_path=sm_rates, lg_drop_path=lg_rates,
-                                fusion_drop_path=fusion_rate, **common)
+                MultiScaleBlock(
+                    sm,
+                    lg,
+                    self.cross_attn_depth,
+                    sm_drop_path=sm_rates,
+                    lg_drop_path=lg_rates,
+                    fusion_drop_path=fusion_rate,
+                    **common,
+                )
                 for sm_rates, lg_rates, fusion_rate in rates
-            ]  # fmt: skip
+            ]
             self.sm_norm = layer_norm(self.layer_norm_eps, **kw)
             self.lg_norm = layer_norm(self.layer_norm_eps, **kw)
         self.setup_head()
@@ -594,14 +665,14 @@ class FlaxCrossViTImageClassifierOutput(FlaxSequenceClassifierOutput):
     lg_attentions: tuple | None = None
 
 
-class FlaxCrossViTModule(FlaxBackboneModule):
-    seed_module_class = CrossViT
+class FlaxCrossViTModule(FlaxBaseModelModule):
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
     output_class = FlaxCrossViTModelOutput
 
 
 class FlaxCrossViTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = CrossViT
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
     output_class = FlaxCrossViTImageClassifierOutput
 

@@ -87,9 +87,10 @@ class ViTConfig(VisionTransformerConfig):
         "layer_norm_eps": positive_float,
         "reg_tokens": non_negative_int,
         "class_token": optional(boolean),
-        **dict.fromkeys(("patch_bias", "qkv_bias", "distilled", "no_embed_class", "pre_norm", "final_norm",
-                         "fc_norm"), boolean),
-    }  # fmt: skip
+        **dict.fromkeys(
+            ("patch_bias", "qkv_bias", "distilled", "no_embed_class", "pre_norm", "final_norm", "fc_norm"), boolean
+        ),
+    }
 
     def __init__(
         self,
@@ -152,10 +153,14 @@ class ViTConfig(VisionTransformerConfig):
 
     def check_architecture(self) -> None:
         check_vit_options(
-            pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
-            reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
+            pool=self.pool,
+            patch_embedding=self.patch_embedding,
+            class_token=self.class_token,
+            reg_tokens=self.reg_tokens,
+            distilled=self.distilled,
+            mlp_activation=self.mlp_activation,
             layer_scale_init=self.layer_scale_init,
-        )  # fmt: skip
+        )
         (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
         if patch_h > height or patch_w > width:
             raise ValueError(
@@ -185,8 +190,15 @@ class ViTConfig(VisionTransformerConfig):
         prefix = int(self.has_class_token) + self.reg_tokens + int(self.distilled)
         tokens = (prefix + patches + (0 if self.no_embed_class else prefix)) * dim
         project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == dim)
-        blocks = self.depth * block_params(dim, self.heads, self.dim_head, self.mlp_dim, qkv_bias=self.qkv_bias,
-                                           project_out=project_out, layer_scale=self.layer_scale_init is not None)  # fmt: skip
+        blocks = self.depth * block_params(
+            dim,
+            self.heads,
+            self.dim_head,
+            self.mlp_dim,
+            qkv_bias=self.qkv_bias,
+            project_out=project_out,
+            layer_scale=self.layer_scale_init is not None,
+        )
         norms = norm_params(dim) * (int(self.pre_norm) + int(self.final_norm))
         mlp = dense_params(dim, self.mlp_dim) + dense_params(self.mlp_dim, dim)
         pool = 0

@@ -241,13 +241,26 @@ def config_from_timm(model: Any) -> ViTConfig:
         layer_scale = None if _is_identity(block.ls1) else float(block.ls1.init_values)
         if _is_identity(block.ls1) != _is_identity(block.ls2):
             missing.append("LayerScale on only one branch of a block")
-        found.add((
-            attn.num_heads, attn.head_dim, attn.qkv.out_features, attn.qkv.bias is not None,
-            mlp.fc1.out_features, activation, layer_scale is not None,
-        ))  # fmt: skip
+        found.add(
+            (
+                attn.num_heads,
+                attn.head_dim,
+                attn.qkv.out_features,
+                attn.qkv.bias is not None,
+                mlp.fc1.out_features,
+                activation,
+                layer_scale is not None,
+            )
+        )
         drop_path.append(0.0 if _is_identity(block.drop_path1) else float(block.drop_path1.drop_prob))
-        dropouts.update({_dropout_rate(attn.attn_drop), _dropout_rate(attn.proj_drop),
-                         _dropout_rate(mlp.drop1), _dropout_rate(mlp.drop2)})  # fmt: skip
+        dropouts.update(
+            {
+                _dropout_rate(attn.attn_drop),
+                _dropout_rate(attn.proj_drop),
+                _dropout_rate(mlp.drop1),
+                _dropout_rate(mlp.drop2),
+            }
+        )
     if len(found) > 1:
         missing.append("blocks that differ from each other")
     if len(eps) > 1:

@@ -22,9 +22,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ...layers import (
+    CoreModule,
     Features,
     FeedForward,
-    SeedModel,
     Transformer,
     attend,
     check_divisible,
@@ -34,7 +34,7 @@ from ...layers import (
     pair,
     patchify,
 )
-from ...modeling_utils import FlaxBackboneModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
 
 
@@ -129,7 +129,7 @@ class ViTHead(nn.Module):
         return self.head(pooled)
 
 
-class ViT(SeedModel):
+class ViT(CoreModule):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -192,10 +192,14 @@ class ViT(SeedModel):
         if self.patch_embedding == "norm_linear":  # timm's conv embedding ignores the remainder
             check_divisible(image_size, patch_size)
         check_vit_options(
-            pool=self.pool, patch_embedding=self.patch_embedding, class_token=self.class_token,
-            reg_tokens=self.reg_tokens, distilled=self.distilled, mlp_activation=self.mlp_activation,
+            pool=self.pool,
+            patch_embedding=self.patch_embedding,
+            class_token=self.class_token,
+            reg_tokens=self.reg_tokens,
+            distilled=self.distilled,
+            mlp_activation=self.mlp_activation,
             layer_scale_init=self.layer_scale_init,
-        )  # fmt: skip
+        )
         num_patches = (image_size[0] // patch_size[0]) * (image_size[1] // patch_size[1])
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         token_init = nn.initializers.normal(1.0)
@@ -218,11 +222,22 @@ class ViT(SeedModel):
         # vit-pytorch drops the output projection when one head spans the whole width; timm never does.
         project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == self.dim)
         self.transformer = Transformer(
-            self.dim, self.depth, self.heads, self.dim_head, self.mlp_dim, self.dropout,
-            qkv_bias=self.qkv_bias, project_out=project_out, layer_norm_eps=self.layer_norm_eps,
-            layer_scale_init=self.layer_scale_init, drop_path_rate=self.drop_path_rate,
-            final_norm=self.final_norm and not self.fc_norm, remat=self.remat, activation=self.mlp_activation, **kw,
-        )  # fmt: skip
+            self.dim,
+            self.depth,
+            self.heads,
+            self.dim_head,
+            self.mlp_dim,
+            self.dropout,
+            qkv_bias=self.qkv_bias,
+            project_out=project_out,
+            layer_norm_eps=self.layer_norm_eps,
+            layer_scale_init=self.layer_scale_init,
+            drop_path_rate=self.drop_path_rate,
+            final_norm=self.final_norm and not self.fc_norm,
+            remat=self.remat,
+            activation=self.mlp_activation,
+            **kw,
+        )
         if self.pool == "map":
             self.attn_pool = AttentionPoolLatent(
                 self.dim, self.heads, self.mlp_dim, self.layer_norm_eps, self.mlp_activation, **kw
@@ -274,13 +289,13 @@ class ViT(SeedModel):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxViTModule(FlaxBackboneModule):
-    seed_module_class = ViT
+class FlaxViTModule(FlaxBaseModelModule):
+    core_module_class = ViT
     base_model_prefix = "vit"
 
 
 class FlaxViTForImageClassificationModule(FlaxClassifierModule):
-    seed_module_class = ViT
+    core_module_class = ViT
     base_model_prefix = "vit"
 
 
@@ -301,8 +316,3 @@ class FlaxViTForImageClassification(FlaxViTPreTrainedModel):
     """ViT with its classification head; ``logits`` of shape ``(batch, num_labels)``."""
 
     module_class = FlaxViTForImageClassificationModule
-
-
-def seed_params(model: FlaxViTForImageClassification) -> dict:
-    """The parameters of ``model`` as ``ViT.apply`` takes them (``model.module_params()``)."""
-    return model.module_params()

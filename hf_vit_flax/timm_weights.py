@@ -496,8 +496,11 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
             )
         config = _replace(config, **overrides)
 
-    labels = _labels(config.num_labels, hub_config.get("label_names") or pretrained_cfg.get("label_names"),
-                     hub_config.get("label_descriptions") or pretrained_cfg.get("label_descriptions"))  # fmt: skip
+    labels = _labels(
+        config.num_labels,
+        hub_config.get("label_names") or pretrained_cfg.get("label_names"),
+        hub_config.get("label_descriptions") or pretrained_cfg.get("label_descriptions"),
+    )
     if labels and config.num_labels > 0:
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
@@ -546,9 +549,10 @@ def _apply_hub_config(
     # timm exports record e.g. global_pool even when it is the architecture's default.
     defaults = {"global_pool": timm_variant_info(architecture).get("global_pool")}
     structural = sorted(
-        k for k in model_args
+        k
+        for k in model_args
         if k not in simple and not k.endswith("drop_rate") and not (k in defaults and model_args[k] == defaults[k])
-    )  # fmt: skip
+    )
     if structural:
         return _config_from_model_args(family, architecture, model_args, structural)
     changes = {ours: model_args[theirs] for theirs, ours in simple.items() if theirs in model_args}
@@ -618,8 +622,16 @@ def _card_data(
         data["source_sha256"] = _sha256(local_file)
     if pretrained_cfg.get("license"):
         data["license"] = pretrained_cfg["license"]
-    datasets = [name for key, name in (("in1k", "imagenet-1k"), ("in21k", "imagenet-21k"), ("in22k", "imagenet-22k"),
-                                       ("in12k", "imagenet-12k")) if key in tag]  # fmt: skip
+    datasets = [
+        name
+        for key, name in (
+            ("in1k", "imagenet-1k"),
+            ("in21k", "imagenet-21k"),
+            ("in22k", "imagenet-22k"),
+            ("in12k", "imagenet-12k"),
+        )
+        if key in tag
+    ]
     if datasets:
         data["datasets"] = datasets
     return data

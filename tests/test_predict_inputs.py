@@ -16,7 +16,7 @@ from hf_vit_flax.predict import load_image, predict
 
 from .helpers import TINY_CONFIGS
 
-SEED_MODULES = {
+CORE_MODULES = {
     "vit": hf_vit_flax.ViT,
     "cait": hf_vit_flax.CaiT,
     "crossvit": hf_vit_flax.CrossViT,
@@ -216,7 +216,7 @@ def test_top_k_is_capped_at_the_number_of_labels(model):
 
 
 def test_non_finite_logits_are_an_error_not_a_ranking(model):
-    params = jax.tree.map(lambda x: x, model.params["vit"])
+    params = model.module_params()["params"]
     params["head"]["bias"] = jnp.full_like(params["head"]["bias"], jnp.nan)
     corrupt = hf_vit_flax.FlaxViTForImageClassification.from_params(model.config, params)
     with pytest.raises(ValueError, match=r"non-finite logits .* image\(s\) \[0, 1\].* corrupt"):
@@ -248,7 +248,8 @@ def test_an_empty_batch_gives_empty_outputs(family, variant):
     config = FAMILIES[family].config_class(**kwargs)
     # Zero weights: a random initialisation compiles the whole model, and an empty batch reads no weight.
     classifier_class = FAMILIES[family].classifier_class
-    shapes_only = classifier_class(config, _do_init=False).params_shape_tree[classifier_class.base_model_prefix]
+    shell = classifier_class(config, _do_init=False)
+    shapes_only = shell.module_params(shell.params_shape_tree)["params"]
     classifier = classifier_class.from_params(config, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes_only))
     empty = np.zeros((0, 3, 32, 32), np.float32)
     assert classifier(empty).logits.shape == (0, 3)  # one real run; the other paths are traced only
@@ -263,8 +264,8 @@ def test_an_empty_batch_gives_empty_outputs(family, variant):
     base = FAMILIES[family].model_class(config, _do_init=False)
     assert all(leaf.shape[0] == 0 for leaf in jax.tree.leaves(shapes(base)))
     # The core module, NHWC.
-    module = SEED_MODULES[family](**config.to_module_kwargs())
-    variables = {"params": classifier.params[classifier.base_model_prefix]}
+    module = CORE_MODULES[family](**config.to_module_kwargs())
+    variables = classifier.module_params()
     assert jax.eval_shape(module.apply, variables, jnp.zeros((0, 32, 32, 3))).shape == (0, 3)
     assert predict(classifier, []) == []
     assert predict(classifier, np.zeros((0, 32, 32, 3), np.uint8)) == []

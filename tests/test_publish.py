@@ -108,6 +108,7 @@ def run_pipeline(manifest, endpoint, home, tmp_path) -> tuple[int, str]:
     return result.returncode, summary.read_text()
 
 
+@pytest.mark.slow
 def test_pipeline_publishes_then_skips_unchanged_then_republishes(tmp_path):
     manifest = tmp_path / "manifest.json"
     target = "acme-flax/deit_tiny_patch16_224.fb_in1k"

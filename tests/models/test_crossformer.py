@@ -365,7 +365,7 @@ def test_released_layouts_map_onto_presets(name):
     # The preset is the released constructor config.
     assert config.to_module_kwargs() == CrossFormerConfig.from_original(RELEASED[name]["config"]).to_module_kwargs()
     model = FlaxCrossFormerForImageClassification(config, _do_init=False)  # shapes only (jax.eval_shape)
-    expected = model.params_shape_tree["crossformer"]
+    expected = model.module_params(model.params_shape_tree)["params"]  # the core module's tree, head included
     # Every learned tensor maps, nothing is missing or left over, every shape agrees.
     check_tree(convert_original(zero_state_dict(name), config), expected, name)
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(expected)) == RELEASED[name]["params"]

@@ -102,9 +102,9 @@ class Source:
         if self.kind == "timm":
             from huggingface_hub import HfApi
 
-            from .timm_weights import _hub_repo
+            from .timm_weights import timm_hub_source
 
-            repo_id = self.location if "/" in self.location else _hub_repo(self.location)[1]
+            repo_id = timm_hub_source(self.location)[1]
             return HfApi().model_info(repo_id).sha
         path = self.location
         files = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]

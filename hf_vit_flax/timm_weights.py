@@ -332,9 +332,12 @@ def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarra
     raise FileNotFoundError(f"no weights of the Hub repo {repo_id} could be found: " + "; ".join(errors))
 
 
-def _hub_repo(name: str) -> tuple[str, str]:
-    """(architecture, Hub repo id) of ``"arch"`` or ``"arch.tag"`` (the default tag is timm's first)."""
-    architecture, _, tag = name.partition(".")
+def timm_hub_source(source: str) -> tuple[str, str]:
+    """(architecture, Hub repo id) of a timm source on the Hub: a repo id (``"timm/arch.tag"``) or a name,
+    ``"arch"`` or ``"arch.tag"`` (the default tag is timm's first). Every timm source resolves here."""
+    if "/" in source:
+        return source.split("/", 1)[1].split(".")[0], source
+    architecture, _, tag = source.partition(".")
     tags = timm_variant_info(architecture).get("pretrained", {})
     if not tag:
         if not tags:
@@ -452,13 +455,13 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
                 raise FileNotFoundError(f"{err}{not_local}") from err
             except OSError as err:
                 raise OSError(f"{err}{not_local}") from err
-            architecture = architecture or hub_config.get("architecture") or source.split("/", 1)[1].split(".")[0]
+            architecture = architecture or hub_config.get("architecture") or timm_hub_source(source)[0]
             family, config = timm_family(architecture), load_variant_config(architecture)
         else:
             # The requested architecture wins over the repo's: timm shares one repo between
             # architectures that differ only in what config.json does not record (e.g. QuickGELU).
             try:
-                architecture, repo_id = _hub_repo(source)
+                architecture, repo_id = timm_hub_source(source)
             except NotImplementedError as err:
                 raise NotImplementedError(f"{err}{not_local}") from err
             family, config = timm_family(architecture), load_variant_config(architecture)

@@ -24,7 +24,7 @@ def _timm_reference(source: Any, architecture: str | None, image_size: int | Non
     """The timm model that ``from_timm(source, ...)`` converted, with the same weights."""
     import timm
 
-    from .timm_weights import WEIGHT_FILES, _hub_repo
+    from .timm_weights import WEIGHT_FILES, timm_hub_source
 
     if hasattr(source, "state_dict"):
         return source
@@ -42,7 +42,7 @@ def _timm_reference(source: Any, architecture: str | None, image_size: int | Non
     else:
         from huggingface_hub import hf_hub_download
 
-        architecture, repo_id = (source.split("/", 1)[1].split(".")[0], source) if "/" in source else _hub_repo(source)
+        architecture, repo_id = timm_hub_source(source)
         hub_config = json.loads(Path(hf_hub_download(repo_id, "config.json")).read_text())
         model_args = dict(hub_config.get("model_args") or {})
         weights = Path(hf_hub_download(repo_id, "model.safetensors"))

@@ -44,6 +44,10 @@ TRANSFORMER_ATTRIBUTE_MAP = {
 }
 
 
+# Fields stored as an int or an [height, width] list.
+SIZE_FIELDS = frozenset({"image_size", "patch_size"})
+
+
 class VisionTransformerConfig(PretrainedConfig):
     """Base class of the family configs: label handling, validation, the default image processor."""
 
@@ -93,8 +97,21 @@ class VisionTransformerConfig(PretrainedConfig):
         raise NotImplementedError
 
     def to_module_kwargs(self) -> dict[str, Any]:
-        """Constructor keyword arguments of the family's core linen module."""
-        raise NotImplementedError
+        """Constructor keyword arguments of the family's core linen module: each of its fields the config
+        holds (``CoreModule.kwargs_from_config``), so an option is declared on the module and the config only."""
+        from .families import family_of_config
+
+        return family_of_config(self).core_module_class.kwargs_from_config(self)
+
+    def set_options(self, options: Mapping[str, Any]) -> None:
+        """Store a family config's keyword arguments (its ``locals()``) as attributes, sizes as JSON values.
+
+        A family's ``__init__`` lists its options once, in its signature, then calls
+        ``self.set_options(locals())`` and ``super().__init__(num_classes=num_classes, **kwargs)``.
+        """
+        for name, value in options.items():
+            if name not in ("self", "kwargs", "num_classes", "__class__"):
+                setattr(self, name, as_json_size(value) if name in SIZE_FIELDS else value)
 
     # -- shared -----------------------------------------------------------------------------------
     def validate(self) -> None:

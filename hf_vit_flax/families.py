@@ -32,6 +32,11 @@ class Family:
     config_from_timm: Callable[[Any], VisionTransformerConfig] | None = None
     convert_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
 
+    @property
+    def core_module_class(self) -> type:
+        """The family's core linen module (``ViT``, ``CaiT`` ...)."""
+        return self.model_class.module_class.core_module_class
+
 
 FAMILIES: dict[str, Family] = {
     "vit": Family(

@@ -32,21 +32,23 @@ import jax
 import jax.numpy as jnp
 
 from ...layers import (
+    ConvPatchEmbedding,
     CoreModule,
     DropPath,
     Features,
     FeedForward,
     LayerScale,
     LinearHead,
+    PatchEmbedding,
     attend,
     check_image,
     gradient_barrier,
     layer_norm,
+    norm_factory,
     pair,
     remat_if,
 )
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_cait import CaiTConfig, validate_cait
 
 Dtype = Any
@@ -452,7 +454,7 @@ class CaiT(CoreModule):
         if timm:
             self.patch_embed = ConvPatchEmbedding(self.dim, patch_size, **kw)
         else:
-            self.patch_embed = PatchEmbedding(self.dim, patch_size, self.layer_norm_eps, **kw)
+            self.patch_embed = PatchEmbedding(self.dim, patch_size, norm_factory(self.layer_norm_eps, **kw), **kw)
         # vit-pytorch: torch.randn; timm: trunc_normal(std=.02). Position embeddings cover the patches only.
         init = nn.initializers.truncated_normal(0.02) if timm else nn.initializers.normal(1.0)
         self.pos_embedding = self.param("pos_embedding", init, (1, num_patches, self.dim), self.param_dtype)

@@ -36,9 +36,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...layers import (
+    ConvPatchEmbedding,
     CoreModule,
     DropPath,
     Features,
+    PatchEmbedding,
     Transformer,
     TransformerBlock,
     attend,
@@ -46,12 +48,12 @@ from ...layers import (
     flatten_tokens,
     gelu,
     layer_norm,
+    norm_factory,
     pair,
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from ..vit.modeling_flax_vit import ConvPatchEmbedding, PatchEmbedding
 from .configuration_crossvit import CrossViTConfig, check_crossvit_arguments
 
 Dtype = Any
@@ -106,7 +108,9 @@ class BranchEmbedding(nn.Module):
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.style == "vit_pytorch":
-            self.patch_embed = PatchEmbedding(self.dim, pair(self.patch_size), self.layer_norm_eps, **kw)
+            self.patch_embed = PatchEmbedding(
+                self.dim, pair(self.patch_size), norm_factory(self.layer_norm_eps, **kw), **kw
+            )
             init = nn.initializers.normal(1.0)  # torch.randn, as vit-pytorch
         else:
             if self.multi_conv:
@@ -310,7 +314,7 @@ class MultiScaleEncoderLayer(nn.Module):
                 b.mlp_dim,
                 self.dropout,
                 qkv_bias=self.qkv_bias,
-                layer_norm_eps=self.layer_norm_eps,
+                norm_layer=norm_factory(self.layer_norm_eps, **kw),
                 remat=self.remat,
                 **kw,
             )
@@ -382,7 +386,7 @@ class MultiScaleBlock(nn.Module):
                     b.mlp_dim,
                     self.dropout,
                     qkv_bias=self.qkv_bias,
-                    layer_norm_eps=self.layer_norm_eps,
+                    norm_layer=norm_factory(self.layer_norm_eps, **kw),
                     drop_path=rates[j] if rates else 0.0,
                     **kw,
                 )
@@ -399,7 +403,7 @@ class MultiScaleBlock(nn.Module):
                     self.dropout,
                     self.qkv_bias,
                     norm_context=True,
-                    layer_norm_eps=self.layer_norm_eps,
+                    norm_layer=norm_factory(self.layer_norm_eps, **kw),
                     **kw,
                 )
                 for _ in range(self.cross_depth)

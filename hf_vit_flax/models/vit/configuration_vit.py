@@ -11,7 +11,6 @@ from typing import Any
 from ...configuration_utils import (
     TRANSFORMER_ATTRIBUTE_MAP,
     VisionTransformerConfig,
-    as_json_size,
     block_params,
     boolean,
     dense_params,
@@ -123,44 +122,11 @@ class ViTConfig(VisionTransformerConfig):
         head_dropout: float = 0.0,
         **kwargs,
     ):
-        self.image_size = as_json_size(image_size)
-        self.patch_size = as_json_size(patch_size)
-        self.dim = dim
-        self.depth = depth
-        self.heads = heads
-        self.mlp_dim = mlp_dim
-        self.pool = pool
-        self.channels = channels
-        self.dim_head = dim_head
-        self.dropout = dropout
-        self.emb_dropout = emb_dropout
-        self.layer_norm_eps = layer_norm_eps
-        self.patch_embedding = patch_embedding
-        self.patch_bias = patch_bias
-        self.qkv_bias = qkv_bias
-        self.class_token = class_token
-        self.reg_tokens = reg_tokens
-        self.distilled = distilled
-        self.no_embed_class = no_embed_class
-        self.pre_norm = pre_norm
-        self.final_norm = final_norm
-        self.fc_norm = fc_norm
-        self.layer_scale_init = layer_scale_init
-        self.mlp_activation = mlp_activation
-        self.drop_path_rate = drop_path_rate
-        self.head_dropout = head_dropout
+        self.set_options(locals())
         super().__init__(num_classes=num_classes, **kwargs)
 
     def check_architecture(self) -> None:
-        check_vit_options(
-            pool=self.pool,
-            patch_embedding=self.patch_embedding,
-            class_token=self.class_token,
-            reg_tokens=self.reg_tokens,
-            distilled=self.distilled,
-            mlp_activation=self.mlp_activation,
-            layer_scale_init=self.layer_scale_init,
-        )
+        check_vit_options(self)
         (height, width), (patch_h, patch_w) = to_pair(self.image_size), to_pair(self.patch_size)
         if patch_h > height or patch_w > width:
             raise ValueError(
@@ -207,53 +173,16 @@ class ViTConfig(VisionTransformerConfig):
         heads = (1 + int(self.distilled)) * dense_params(dim, self.num_labels) if self.num_labels > 0 else 0
         return embed + tokens + blocks + norms + pool + heads
 
-    def to_module_kwargs(self) -> dict[str, Any]:
-        return dict(
-            image_size=to_pair(self.image_size),
-            patch_size=to_pair(self.patch_size),
-            num_classes=self.num_labels,
-            dim=self.dim,
-            depth=self.depth,
-            heads=self.heads,
-            mlp_dim=self.mlp_dim,
-            pool=self.pool,
-            channels=self.channels,
-            dim_head=self.dim_head,
-            dropout=self.dropout,
-            emb_dropout=self.emb_dropout,
-            layer_norm_eps=self.layer_norm_eps,
-            patch_embedding=self.patch_embedding,
-            patch_bias=self.patch_bias,
-            qkv_bias=self.qkv_bias,
-            class_token=self.class_token,
-            reg_tokens=self.reg_tokens,
-            distilled=self.distilled,
-            no_embed_class=self.no_embed_class,
-            pre_norm=self.pre_norm,
-            final_norm=self.final_norm,
-            fc_norm=self.fc_norm,
-            layer_scale_init=self.layer_scale_init,
-            mlp_activation=self.mlp_activation,
-            drop_path_rate=self.drop_path_rate,
-            head_dropout=self.head_dropout,
-        )
-
 
 PATCH_EMBEDDINGS = ("norm_linear", "conv")
 MLP_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")  # the keys of layers.ACTIVATIONS (no jax import here)
 
 
-def check_vit_options(
-    *,
-    pool: str,
-    patch_embedding: str,
-    class_token: bool | None,
-    reg_tokens: int,
-    distilled: bool,
-    mlp_activation: str,
-    layer_scale_init: float | None,
-) -> None:
-    """Shared by ``ViTConfig.validate`` and ``ViT.setup``: combinations the model cannot express."""
+def check_vit_options(options: Any) -> None:
+    """Combinations the model cannot express, read off a ``ViTConfig`` or a ``ViT`` (the same field names)."""
+    pool, patch_embedding, class_token = options.pool, options.patch_embedding, options.class_token
+    reg_tokens, distilled = options.reg_tokens, options.distilled
+    mlp_activation, layer_scale_init = options.mlp_activation, options.layer_scale_init
     if pool not in ("cls", "mean", "map"):
         raise ValueError(
             f"pool must be 'cls' (class token), 'mean' (mean pooling) or 'map' (attention pooling), got {pool!r}"

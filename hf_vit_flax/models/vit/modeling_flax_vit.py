@@ -22,91 +22,19 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ...layers import (
+    AttentionPoolLatent,
+    ConvPatchEmbedding,
     CoreModule,
     Features,
-    FeedForward,
+    PatchEmbedding,
     Transformer,
-    attend,
     check_divisible,
     check_image,
-    flatten_tokens,
-    layer_norm,
+    norm_factory,
     pair,
-    patchify,
 )
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
-
-
-class PatchEmbedding(nn.Module):
-    """vit-pytorch's embedding: ``b (h p1) (w p2) c -> b (h w) (p1 p2 c)``, LayerNorm, Linear, LayerNorm."""
-
-    dim: int
-    patch_size: tuple[int, int]
-    layer_norm_eps: float = 1e-5
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, images):
-        x = patchify(images, self.patch_size)
-        x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="patch_norm")(x)
-        x = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
-        return layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
-
-
-class ConvPatchEmbedding(nn.Module):
-    """timm's ``PatchEmbed``: a Conv2d with kernel = stride = patch size and no padding, then flatten."""
-
-    dim: int
-    patch_size: tuple[int, int]
-    use_bias: bool = True
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, images):
-        x = nn.Conv(
-            self.dim,
-            self.patch_size,
-            strides=self.patch_size,
-            padding=((0, 0), (0, 0)),  # PyTorch's padding=0, not 'SAME'
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="proj",
-        )(images)
-        return flatten_tokens(x)
-
-
-class AttentionPoolLatent(nn.Module):
-    """Multihead attention pooling by a learned latent query (timm's ``AttentionPoolLatent``, big_vision's MAP head).
-
-    One query attends over the tokens; its output goes through a projection and a residual
-    LayerNorm -> MLP, as in "Scaling Vision Transformers" (Zhai et al., arXiv 2106.04560) and SigLIP.
-    """
-
-    dim: int
-    heads: int
-    mlp_dim: int
-    layer_norm_eps: float = 1e-6
-    activation: str = "gelu"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        batch, tokens, _ = x.shape
-        head_dim = self.dim // self.heads
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        latent = self.param("latent", nn.initializers.normal(self.dim**-0.5), (1, self.dim), self.param_dtype)
-        q = nn.Dense(self.dim, name="q", **kw)(jnp.broadcast_to(latent.astype(x.dtype), (batch, 1, self.dim)))
-        kv = nn.Dense(2 * self.dim, name="kv", **kw)(x).reshape(batch, tokens, 2, self.heads, head_dim)
-        out, _ = attend(q.reshape(batch, 1, self.heads, head_dim), kv[:, :, 0], kv[:, :, 1], scale=head_dim**-0.5)
-        out = nn.Dense(self.dim, name="proj", **kw)(out.reshape(batch, 1, self.dim))
-        norm = layer_norm(self.layer_norm_eps, name="norm", **kw)
-        out = out + FeedForward(self.dim, self.mlp_dim, activation=self.activation, name="mlp", **kw)(norm(out))
-        return out[:, 0]
 
 
 class ViTHead(nn.Module):
@@ -191,23 +119,16 @@ class ViT(CoreModule):
         image_size, patch_size = pair(self.image_size), pair(self.patch_size)
         if self.patch_embedding == "norm_linear":  # timm's conv embedding ignores the remainder
             check_divisible(image_size, patch_size)
-        check_vit_options(
-            pool=self.pool,
-            patch_embedding=self.patch_embedding,
-            class_token=self.class_token,
-            reg_tokens=self.reg_tokens,
-            distilled=self.distilled,
-            mlp_activation=self.mlp_activation,
-            layer_scale_init=self.layer_scale_init,
-        )
+        check_vit_options(self)
         num_patches = (image_size[0] // patch_size[0]) * (image_size[1] // patch_size[1])
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm_layer = norm_factory(self.layer_norm_eps, **kw)
         token_init = nn.initializers.normal(1.0)
 
         if self.patch_embedding == "conv":
             self.patch_embed = ConvPatchEmbedding(self.dim, patch_size, self.patch_bias, **kw)
         else:
-            self.patch_embed = PatchEmbedding(self.dim, patch_size, self.layer_norm_eps, **kw)
+            self.patch_embed = PatchEmbedding(self.dim, patch_size, norm_layer, **kw)
         if self.has_class_token:
             self.cls_token = self.param("cls_token", token_init, (1, self.dim), self.param_dtype)
         if self.reg_tokens:
@@ -218,7 +139,7 @@ class ViT(CoreModule):
         self.pos_embedding = self.param("pos_embedding", token_init, (num_embedded, self.dim), self.param_dtype)
         self.emb_drop = nn.Dropout(self.emb_dropout)
         if self.pre_norm:
-            self.norm_pre = layer_norm(self.layer_norm_eps, **kw)
+            self.norm_pre = norm_layer()
         # vit-pytorch drops the output projection when one head spans the whole width; timm never does.
         project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == self.dim)
         self.transformer = Transformer(
@@ -230,7 +151,7 @@ class ViT(CoreModule):
             self.dropout,
             qkv_bias=self.qkv_bias,
             project_out=project_out,
-            layer_norm_eps=self.layer_norm_eps,
+            norm_layer=norm_layer,
             layer_scale_init=self.layer_scale_init,
             drop_path_rate=self.drop_path_rate,
             final_norm=self.final_norm and not self.fc_norm,
@@ -240,10 +161,10 @@ class ViT(CoreModule):
         )
         if self.pool == "map":
             self.attn_pool = AttentionPoolLatent(
-                self.dim, self.heads, self.mlp_dim, self.layer_norm_eps, self.mlp_activation, **kw
+                self.dim, self.heads, self.mlp_dim, norm_layer, self.mlp_activation, **kw
             )
         if self.final_norm and self.fc_norm:
-            self.fc_norm_layer = layer_norm(self.layer_norm_eps, name="fc_norm", **kw)
+            self.fc_norm_layer = norm_layer(name="fc_norm")
         self.head_drop = nn.Dropout(self.head_dropout)
         self.setup_head()
 

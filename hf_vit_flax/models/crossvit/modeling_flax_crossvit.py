@@ -403,7 +403,7 @@ class MultiScaleBlock(nn.Module):
                     self.dropout,
                     self.qkv_bias,
                     norm_context=True,
-                    norm_layer=norm_factory(self.layer_norm_eps, **kw),
+                    layer_norm_eps=self.layer_norm_eps,
                     **kw,
                 )
                 for _ in range(self.cross_depth)

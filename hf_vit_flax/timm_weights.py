@@ -33,6 +33,7 @@ from .families import FAMILIES, Family
 from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
 from .variants import read_variant, variant_config_path, variant_names
+from .weight_tables import WeightMismatchError
 
 __all__ = ["from_timm", "imagenet_labels", "list_timm_models", "load_variant_config", "timm_variant_info"]
 
@@ -512,9 +513,9 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
 
     try:
         params = family.convert_timm(state_dict, config)
-    except KeyError as err:
+    except (KeyError, WeightMismatchError) as err:
         raise ValueError(
-            f"{origin} does not match timm {architecture}: {err.args[0] if err.args else err}. "
+            f"{origin} does not match timm {architecture}: {str(err.args[0] if err.args else err).rstrip('.')}. "
             f"Is it a checkpoint of another architecture? Pass architecture= to say which."
         ) from err
     model_class = family.classifier_class if config.num_labels > 0 else family.model_class

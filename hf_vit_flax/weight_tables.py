@@ -29,6 +29,10 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 
+class WeightMismatchError(ValueError):
+    """A state dict or params tree that does not fit the table (another architecture or other options)."""
+
+
 @dataclass(frozen=True)
 class Transform:
     """How an array changes from PyTorch's layout to Flax's (``forward``) and back (``inverse``)."""
@@ -107,7 +111,7 @@ def to_flax(state_dict: Mapping[str, Any], table: Iterable[Entry], *, what: str,
     """Read ``state_dict`` (numpy arrays) through ``table`` into a nested Flax params dict.
 
     Strict both ways: a key of the table missing from the state dict, or a key of the state dict the
-    table does not use (other than those in ``ignore``), raises ``ValueError`` naming them, so a
+    table does not use (other than those in ``ignore``), raises :class:`WeightMismatchError` (a ``ValueError``) naming them, so a
     checkpoint of another architecture or other options never half-loads.
     """
     state = dict(state_dict)
@@ -116,16 +120,17 @@ def to_flax(state_dict: Mapping[str, Any], table: Iterable[Entry], *, what: str,
     table = list(table)
     missing = [e.torch for e in table if e.torch not in state]
     if missing:
-        raise ValueError(
-            f"{what}: the checkpoint has no {', '.join(repr(k) for k in missing[:10])}"
-            f"{' ...' if len(missing) > 10 else ''} ({len(missing)} tensors missing). It does not match the "
-            f"configuration (another architecture or other options)."
+        raise WeightMismatchError(
+            f"{what}: the checkpoint has no key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(k) for k in missing[:10])}{f' and {len(missing) - 10} more' if len(missing) > 10 else ''}. "
+            f"It does not match "
+            f"the configuration (another architecture or other options)."
         )
     flat = {}
     for entry in table:
         flat[tuple(entry.flax.split("/"))] = entry.transform.forward(np.asarray(state.pop(entry.torch)))
     if state:
-        raise ValueError(
+        raise WeightMismatchError(
             f"{what}: {len(state)} checkpoint keys were not converted: {sorted(state)[:20]}. The checkpoint does "
             f"not match the configuration (another architecture or other options)."
         )
@@ -142,8 +147,8 @@ def to_torch(params: Mapping, table: Iterable[Entry], *, what: str = "the model"
     table = list(table)
     missing = [e.flax for e in table if e.flax not in flat]
     if missing:
-        raise ValueError(f"{what}: the parameters have no {', '.join(missing[:10])} ({len(missing)} missing)")
+        raise WeightMismatchError(f"{what}: the parameters have no {', '.join(missing[:10])} ({len(missing)} missing)")
     out = {e.torch: np.ascontiguousarray(e.transform.inverse(flat.pop(e.flax))) for e in table}
     if flat:
-        raise ValueError(f"{what}: {len(flat)} parameters have no PyTorch name: {sorted(flat)[:20]}")
+        raise WeightMismatchError(f"{what}: {len(flat)} parameters have no PyTorch name: {sorted(flat)[:20]}")
     return out

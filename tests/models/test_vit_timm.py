@@ -320,8 +320,11 @@ def test_mismatched_checkpoints_raise_naming_keys(tmp_path):
     with pytest.raises(ValueError, match="not converted.*blocks.1"):
         convert_timm(state, ViTConfig.from_dict({**config.to_dict(), "depth": 1}))
     deeper = ViTConfig.from_dict({**config.to_dict(), "depth": 3})
-    with pytest.raises(KeyError, match="blocks.2.norm1.weight"):
+    with pytest.raises(ValueError, match="no keys 'blocks.2.norm1.weight'"):
         convert_timm(state, deeper)
+    torn = {**state, "pos_embed": state["pos_embed"][:, :-3]}  # 193 patch positions: no square grid
+    with pytest.raises(ValueError, match="pos_embed has 194 positions"):
+        convert_timm(torn, config)
     wider = ViTConfig.from_dict({**config.to_dict(), "mlp_dim": 96})
     with pytest.raises(ValueError, match="wrong shape.*mlp/fc1"):
         FlaxViTForImageClassification.from_params(wider, convert_timm(state, wider))
@@ -331,9 +334,9 @@ def test_mismatched_checkpoints_raise_naming_keys(tmp_path):
     from safetensors.torch import save_file
 
     save_file(full.state_dict(), tmp_path / "vit_tiny.safetensors")
-    with pytest.raises(ValueError, match="no key 'dist_token'"):
+    with pytest.raises(ValueError, match="no keys 'dist_token'"):
         hf_vit_flax.from_timm(tmp_path / "vit_tiny.safetensors", architecture="deit_tiny_distilled_patch16_224")
-    with pytest.raises(ValueError, match="pos_embed has 197 positions"):
+    with pytest.raises(ValueError, match="no keys 'blocks.0.ls1.gamma'"):
         hf_vit_flax.from_timm(tmp_path / "vit_tiny.safetensors", architecture="deit3_small_patch16_224")
     # ... or as a ViT-S (other widths).
     with pytest.raises(ValueError, match="wrong shape"):

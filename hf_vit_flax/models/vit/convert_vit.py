@@ -26,8 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from ...conversion_utils import StateDictReader, resample_abs_pos_embed
-from ...layers import pair
+from ... import weight_tables as wt
+from ...conversion_utils import resample_abs_pos_embed
+from ...layers import (
+    TIMM_BLOCK,
+    VIT_PYTORCH_BLOCK,
+    attention_pool_table,
+    conv_patch_embedding_table,
+    pair,
+    patch_embedding_table,
+    transformer_table,
+)
 from .configuration_vit import ViTConfig
 
 
@@ -63,38 +72,34 @@ def config_from_vit_pytorch(model: Any) -> ViTConfig:
     )
 
 
+def vit_pytorch_table(config: ViTConfig) -> wt.Table:
+    """vit-pytorch ``ViT`` <-> ``hf_vit_flax.ViT``: its key map, in both directions."""
+    # vit-pytorch drops the output projection when one head spans the whole width.
+    project_out = not (config.heads == 1 and config.dim_head == config.dim)
+    return [
+        *patch_embedding_table("to_patch_embedding", "patch_embed"),
+        *(wt.param("cls_token", "cls_token") if config.pool == "cls" else []),
+        *wt.param("pos_embedding", "pos_embedding"),
+        *transformer_table(
+            "transformer", "transformer", config.depth, VIT_PYTORCH_BLOCK, qkv_bias=False, project_out=project_out
+        ),
+        *(wt.linear("mlp_head", "head") if config.num_labels > 0 else []),
+    ]
+
+
 def convert_vit_pytorch(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dict:
     """vit-pytorch ``ViT`` state dict (numpy) -> the params of ``hf_vit_flax.ViT`` (unchecked tree)."""
-    sd = StateDictReader(state_dict)
-    params: dict[str, Any] = {
-        "patch_embed": {
-            "patch_norm": sd.layer_norm("to_patch_embedding.1"),
-            "proj": sd.linear("to_patch_embedding.2"),
-            "norm": sd.layer_norm("to_patch_embedding.3"),
-        },
-        "pos_embedding": sd.pop("pos_embedding"),
-    }
-    cls_token = sd.pop("cls_token")
-    if config.pool == "cls":
-        params["cls_token"] = cls_token
-    project_out = not (config.heads == 1 and config.dim_head == config.dim)
-    transformer: dict[str, Any] = {"norm": sd.layer_norm("transformer.norm")}
-    for i in range(config.depth):
-        p = f"transformer.layers.{i}"
-        attn = {"qkv": sd.linear(f"{p}.0.to_qkv", bias=False)}
-        if project_out:
-            attn["proj"] = sd.linear(f"{p}.0.to_out.0")
-        transformer[f"blocks_{i}"] = {
-            "norm1": sd.layer_norm(f"{p}.0.norm"),
-            "attn": attn,
-            "norm2": sd.layer_norm(f"{p}.1.net.0"),
-            "mlp": {"fc1": sd.linear(f"{p}.1.net.1"), "fc2": sd.linear(f"{p}.1.net.4")},
-        }
-    params["transformer"] = transformer
-    if "mlp_head.weight" in sd:
-        params["head"] = sd.linear("mlp_head")
-    sd.finish("vit-pytorch ViT")
-    return params
+    # With pool='mean', vit-pytorch keeps an empty (0, dim) class token that nothing reads.
+    unused = ("cls_token",) if config.pool != "cls" else ()
+    return wt.to_flax(state_dict, vit_pytorch_table(config), what="vit-pytorch ViT", ignore=unused)
+
+
+def export_vit_pytorch(params: Mapping, config: ViTConfig) -> dict[str, np.ndarray]:
+    """``hf_vit_flax.ViT`` params -> a state dict that vit-pytorch's ``ViT`` loads with ``strict=True``."""
+    state_dict = wt.to_torch(params, vit_pytorch_table(config), what="ViT -> vit-pytorch")
+    if config.pool != "cls":
+        state_dict["cls_token"] = np.zeros((0, config.dim), np.float32)
+    return state_dict
 
 
 # -- timm ---------------------------------------------------------------------------------------------
@@ -347,6 +352,34 @@ def _missing_message(model: Any, missing: list[str]) -> str:
     return f"timm {arch} uses what hf_vit_flax's ViT does not express: " + "; ".join(unique)
 
 
+def timm_table(config: ViTConfig) -> wt.Table:
+    """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` <-> ``hf_vit_flax.ViT``: its key map."""
+    if config.patch_embedding != "conv":
+        raise ValueError("a timm checkpoint needs ViTConfig(patch_embedding='conv', ...) (timm's conv PatchEmbed)")
+    tokens = {"cls_token": config.has_class_token, "reg_token": config.reg_tokens > 0, "dist_token": config.distilled}
+    fc_norm = config.final_norm and config.fc_norm
+    return [
+        *conv_patch_embedding_table("patch_embed", "patch_embed", bias=config.patch_bias),
+        *(wt.Entry(name, name, wt.TOKEN) for name, present in tokens.items() if present),
+        wt.Entry("pos_embed", "pos_embedding", wt.TOKEN),
+        *(wt.norm("norm_pre", "norm_pre") if config.pre_norm else []),
+        *transformer_table(
+            "",
+            "transformer",
+            config.depth,
+            TIMM_BLOCK,
+            torch_blocks="blocks",
+            final_norm="norm" if config.final_norm and not config.fc_norm else None,
+            qkv_bias=config.qkv_bias,
+            layer_scale=config.layer_scale_init is not None,
+        ),
+        *(attention_pool_table("attn_pool", "attn_pool") if config.pool == "map" else []),
+        *(wt.norm("fc_norm", "fc_norm") if fc_norm else []),
+        *(wt.linear("head", "head") if config.num_labels > 0 else []),
+        *(wt.linear("head_dist", "head_dist") if config.num_labels > 0 and config.distilled else []),
+    ]
+
+
 def convert_timm(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dict:
     """timm ``VisionTransformer`` / ``VisionTransformerDistilled`` state dict (numpy) -> ``ViT`` params.
 
@@ -354,65 +387,30 @@ def convert_timm(state_dict: Mapping[str, np.ndarray], config: ViTConfig) -> dic
     ``checkpoint_filter_fn``) when the checkpoint's grid differs from the config's image size.
     The result is checked strictly by ``FlaxViTForImageClassification.from_params``.
     """
-    if config.patch_embedding != "conv":
-        raise ValueError("a timm checkpoint needs ViTConfig(patch_embedding='conv', ...) (timm's conv PatchEmbed)")
-    sd = StateDictReader(state_dict)
-    has_class_token = config.pool == "cls" if config.class_token is None else bool(config.class_token)
-    present = {"cls_token": has_class_token, "reg_token": config.reg_tokens > 0, "dist_token": config.distilled}
-    num_prefix = int(has_class_token) + int(config.reg_tokens) + int(config.distilled)
+    params = wt.to_flax(state_dict, timm_table(config), what="timm VisionTransformer")
+    params["pos_embedding"] = _fit_pos_embed(params["pos_embedding"], config)
+    return params
 
-    def tokens(key: str) -> np.ndarray:
-        value = sd.pop(key)
-        return value.reshape(-1, value.shape[-1])
 
-    params: dict[str, Any] = {"patch_embed": {"proj": sd.conv("patch_embed.proj", bias=config.patch_bias)}}
-    params.update({key: tokens(key) for key, on in present.items() if on})
+def export_timm(params: Mapping, config: ViTConfig) -> dict[str, np.ndarray]:
+    """``hf_vit_flax.ViT`` params -> a state dict that timm's ``VisionTransformer`` loads with ``strict=True``."""
+    return wt.to_torch(params, timm_table(config), what="ViT -> timm")
+
+
+def _fit_pos_embed(pos_embedding: np.ndarray, config: ViTConfig) -> np.ndarray:
+    """Position embeddings ``(n, dim)`` resampled to the config's patch grid when their grid differs."""
+    num_prefix = int(config.has_class_token) + int(config.reg_tokens) + int(config.distilled)
     (height, width), (patch_h, patch_w) = pair(config.image_size), pair(config.patch_size)
     grid = (height // patch_h, width // patch_w)
     in_pos = 0 if config.no_embed_class else num_prefix
-    pos_embedding = tokens("pos_embed")
-    if pos_embedding.shape[0] != grid[0] * grid[1] + in_pos:
-        side = math.isqrt(max(pos_embedding.shape[0] - in_pos, 0))
-        if side * side != pos_embedding.shape[0] - in_pos:
-            raise ValueError(
-                f"pos_embed has {pos_embedding.shape[0]} positions, which is no square grid after {in_pos} prefix "
-                f"tokens (the config expects {grid[0]}x{grid[1]} + {in_pos}): the checkpoint does not match the "
-                f"configuration (another architecture, or class/register/distillation tokens, or no_embed_class)"
-            )
-        pos_embedding = resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)
-    params["pos_embedding"] = pos_embedding
-    if config.pre_norm:
-        params["norm_pre"] = sd.layer_norm("norm_pre")
-    transformer: dict[str, Any] = {}
-    for i in range(config.depth):
-        p = f"blocks.{i}"
-        block = {
-            "norm1": sd.layer_norm(f"{p}.norm1"),
-            "attn": {"qkv": sd.linear(f"{p}.attn.qkv", bias=config.qkv_bias), "proj": sd.linear(f"{p}.attn.proj")},
-            "norm2": sd.layer_norm(f"{p}.norm2"),
-            "mlp": {"fc1": sd.linear(f"{p}.mlp.fc1"), "fc2": sd.linear(f"{p}.mlp.fc2")},
-        }
-        if config.layer_scale_init is not None:
-            block["ls1"] = {"gamma": sd.pop(f"{p}.ls1.gamma")}
-            block["ls2"] = {"gamma": sd.pop(f"{p}.ls2.gamma")}
-        transformer[f"blocks_{i}"] = block
-    if config.final_norm and not config.fc_norm:
-        transformer["norm"] = sd.layer_norm("norm")
-    params["transformer"] = transformer
-    if config.pool == "map":
-        params["attn_pool"] = {
-            "latent": tokens("attn_pool.latent"),
-            "q": sd.linear("attn_pool.q"),
-            "kv": sd.linear("attn_pool.kv"),
-            "proj": sd.linear("attn_pool.proj"),
-            "norm": sd.layer_norm("attn_pool.norm"),
-            "mlp": {"fc1": sd.linear("attn_pool.mlp.fc1"), "fc2": sd.linear("attn_pool.mlp.fc2")},
-        }
-    if config.final_norm and config.fc_norm:
-        params["fc_norm"] = sd.layer_norm("fc_norm")
-    if config.num_labels > 0:
-        params["head"] = sd.linear("head")
-        if config.distilled:
-            params["head_dist"] = sd.linear("head_dist")
-    sd.finish("timm VisionTransformer")
-    return params
+    positions = pos_embedding.shape[0]
+    if positions == grid[0] * grid[1] + in_pos:
+        return pos_embedding
+    side = math.isqrt(max(positions - in_pos, 0))
+    if side * side != positions - in_pos:
+        raise ValueError(
+            f"pos_embed has {positions} positions, which is no square grid after {in_pos} prefix "
+            f"tokens (the config expects {grid[0]}x{grid[1]} + {in_pos}): the checkpoint does not match the "
+            f"configuration (another architecture, or class/register/distillation tokens, or no_embed_class)"
+        )
+    return resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)

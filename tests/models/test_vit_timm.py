@@ -322,8 +322,8 @@ def test_mismatched_checkpoints_raise_naming_keys(tmp_path):
     deeper = ViTConfig.from_dict({**config.to_dict(), "depth": 3})
     with pytest.raises(ValueError, match="no keys 'blocks.2.norm1.weight'"):
         convert_timm(state, deeper)
-    torn = {**state, "pos_embed": state["pos_embed"][:, :-3]}  # 193 patch positions: no square grid
-    with pytest.raises(ValueError, match="pos_embed has 194 positions"):
+    torn = {**state, "pos_embed": state["pos_embed"][:, :-3]}  # 4x4 patches + class token -> 14: no square grid
+    with pytest.raises(ValueError, match="pos_embed has 14 positions"):
         convert_timm(torn, config)
     wider = ViTConfig.from_dict({**config.to_dict(), "mlp_dim": 96})
     with pytest.raises(ValueError, match="wrong shape.*mlp/fc1"):

@@ -138,6 +138,28 @@ def _activation(act: Any, missing: list[str]) -> str | None:
     return None
 
 
+class _TimmOptions:
+    """Reads ``ViTConfig`` options off a live timm model, collecting every feature ``ViT`` does not express."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.missing: list[str] = []
+        self.eps: set[float] = set()
+
+    def norm(self, module: Any, where: str) -> bool:
+        """True for a LayerNorm (its eps recorded), False for Identity; anything else is recorded as missing."""
+        if _is_identity(module):
+            return False
+        value = _layer_norm_eps(module, where, self.missing)
+        if value is not None:
+            self.eps.add(value)
+        return True
+
+    def check(self) -> None:
+        if self.missing:
+            raise NotImplementedError(_missing_message(self.model, self.missing))
+
+
 def config_from_timm(model: Any) -> ViTConfig:
     """Read a ``ViTConfig`` off a live timm ``VisionTransformer`` / ``VisionTransformerDistilled``.
 
@@ -151,25 +173,28 @@ def config_from_timm(model: Any) -> ViTConfig:
         raise NotImplementedError(
             f"timm {cls} is not expressed by the ViT family (only VisionTransformer and VisionTransformerDistilled)"
         )
-    missing: list[str] = []
-    eps: set[float] = set()
+    reader = _TimmOptions(model)
+    options = {**_timm_embedding(reader), **_timm_pooling(reader), **_timm_blocks(reader)}
+    reader.check()
+    if len(reader.eps) > 1:
+        reader.missing.append(f"LayerNorms with different eps {sorted(reader.eps)}")
+        reader.check()
+    return ViTConfig(**options, layer_norm_eps=reader.eps.pop() if reader.eps else 1e-6)
 
-    def norm(module: Any, where: str) -> bool:
-        """True for a LayerNorm (its eps recorded), False for Identity."""
-        if _is_identity(module):
-            return False
-        value = _layer_norm_eps(module, where, missing)
-        if value is not None:
-            eps.add(value)
-        return True
 
-    # -- embedding
+def _size(value: tuple[int, int]):
+    return value[0] if value[0] == value[1] else value
+
+
+def _timm_embedding(reader: _TimmOptions) -> dict[str, Any]:
+    """Patch embedding, prefix tokens, position embedding and ``norm_pre``."""
+    model, missing = reader.model, reader.missing
     embed = model.patch_embed
     if getattr(model, "dynamic_img_size", False):
         missing.append("a dynamic image size (dynamic_img_size=True)")
     if type(embed).__name__ != "PatchEmbed":
         missing.append(f"patch embedding {type(embed).__name__} (only the plain conv PatchEmbed is expressed)")
-        raise NotImplementedError(_missing_message(model, missing))
+        reader.check()
     if getattr(embed, "dynamic_img_pad", False):
         missing.append("dynamic image padding (dynamic_img_pad=True)")
     if not _is_identity(getattr(embed, "norm", None)):
@@ -186,135 +211,132 @@ def config_from_timm(model: Any) -> ViTConfig:
         or proj.groups != 1
     ):
         missing.append("a patch-embedding convolution other than kernel = stride = patch size without padding")
-    image_size = tuple(int(s) for s in embed.img_size)
     if getattr(model, "pos_embed", None) is None:
         missing.append("no absolute position embedding (pos_embed='none')")
     if not _is_identity(getattr(model, "patch_drop", None)):
         missing.append("patch dropout (patch_drop_rate > 0)")
-    pre_norm = norm(getattr(model, "norm_pre", None), "norm_pre")
+    distilled = type(model).__name__ == "VisionTransformerDistilled"
+    reg_tokens = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if distilled and reg_tokens:
+        missing.append("register tokens together with a distillation token")
+    return dict(
+        image_size=_size(tuple(int(s) for s in embed.img_size)),
+        patch_size=_size(patch_size),
+        channels=int(proj.in_channels),
+        dim=int(model.embed_dim),
+        patch_embedding="conv",
+        patch_bias=proj.bias is not None,
+        class_token=getattr(model, "cls_token", None) is not None,
+        reg_tokens=reg_tokens,
+        distilled=distilled,
+        no_embed_class=bool(getattr(model, "no_embed_class", False)),
+        emb_dropout=_dropout_rate(getattr(model, "pos_drop", None)),
+        pre_norm=reader.norm(getattr(model, "norm_pre", None), "norm_pre"),
+    )
 
-    # -- pooling and head
-    distilled = cls == "VisionTransformerDistilled"
+
+def _timm_pooling(reader: _TimmOptions) -> dict[str, Any]:
+    """Pooling, the final norm (on the tokens or after pooling) and the head."""
+    model, missing = reader.model, reader.missing
     global_pool = model.global_pool
     if global_pool == "map":
-        _check_attention_pool(model, missing, norm)
+        _check_attention_pool(model, missing, reader.norm)
     elif getattr(model, "attn_pool", None) is not None:
         missing.append(f"attention pooling {type(model.attn_pool).__name__} (global_pool={global_pool!r})")
     elif global_pool not in ("token", "avg"):
         missing.append(f"global_pool={global_pool!r} (expressed: 'token', 'avg' and 'map')")
     if getattr(model, "pool_include_prefix", False):
         missing.append("pooling that includes the prefix tokens (pool_include_prefix=True)")
-    has_norm = norm(model.norm, "norm")
-    has_fc_norm = norm(model.fc_norm, "fc_norm")
-    num_classes = int(model.head.out_features) if not _is_identity(model.head) else 0
-    reg_tokens = int(getattr(model, "num_reg_tokens", 0) or 0)
-    if distilled and reg_tokens:
-        missing.append("register tokens together with a distillation token")
-
-    # -- blocks (all alike)
-    blocks = list(model.blocks)
-    found: set[tuple] = set()
-    drop_path: list[float] = []
-    dropouts: set[float] = set()
-    for i, block in enumerate(blocks):
-        where = f"blocks.{i}"
-        if type(block).__name__ != "Block":
-            missing.append(f"block type {type(block).__name__} (only the pre-norm Block is expressed)")
-            break
-        attn, mlp = block.attn, block.mlp
-        if type(attn).__name__ != "Attention":
-            missing.append(f"attention type {type(attn).__name__}")
-            break
-        if not (_is_identity(getattr(attn, "q_norm", None)) and _is_identity(getattr(attn, "k_norm", None))):
-            missing.append("qk_norm (a norm on queries and keys)")
-        if not _is_identity(getattr(attn, "norm", None)):
-            missing.append("scale_attn_norm (a norm before the attention projection)")
-        if getattr(attn, "gate", None) is not None:
-            missing.append("gated attention")
-        if attn.proj.bias is None:
-            missing.append("proj_bias=False")
-        if type(mlp).__name__ != "Mlp" or type(mlp.fc1).__name__ != "Linear":
-            missing.append(f"MLP type {type(mlp).__name__} (only the two-layer Mlp is expressed)")
-            break
-        if not _is_identity(getattr(mlp, "norm", None)):
-            missing.append("scale_mlp_norm (a norm inside the MLP)")
-        if mlp.fc1.bias is None or mlp.fc2.bias is None:
-            missing.append("an MLP without biases")
-        activation = _activation(mlp.act, missing)
-        norm(block.norm1, f"{where}.norm1")
-        norm(block.norm2, f"{where}.norm2")
-        layer_scale = None if _is_identity(block.ls1) else float(block.ls1.init_values)
-        if _is_identity(block.ls1) != _is_identity(block.ls2):
-            missing.append("LayerScale on only one branch of a block")
-        found.add(
-            (
-                attn.num_heads,
-                attn.head_dim,
-                attn.qkv.out_features,
-                attn.qkv.bias is not None,
-                mlp.fc1.out_features,
-                activation,
-                layer_scale is not None,
-            )
-        )
-        drop_path.append(0.0 if _is_identity(block.drop_path1) else float(block.drop_path1.drop_prob))
-        dropouts.update(
-            {
-                _dropout_rate(attn.attn_drop),
-                _dropout_rate(attn.proj_drop),
-                _dropout_rate(mlp.drop1),
-                _dropout_rate(mlp.drop2),
-            }
-        )
-    if len(found) > 1:
-        missing.append("blocks that differ from each other")
-    if len(eps) > 1:
-        missing.append(f"LayerNorms with different eps {sorted(eps)}")
-    if len(dropouts) > 1:
-        missing.append(f"different dropout rates in attention and MLP {sorted(dropouts)}")
-    if missing:
-        raise NotImplementedError(_missing_message(model, missing))
-
-    heads, head_dim, qkv_out, qkv_bias, mlp_dim, activation, _ = found.pop()
-    if qkv_out != 3 * heads * head_dim:
-        raise NotImplementedError(_missing_message(model, [f"a qkv projection of width {qkv_out}"]))
-    # timm computes the schedule in float32 (torch.linspace): 0.10000000149 is the 0.1 it was given.
-    drop_path_rate = float(str(np.float32(drop_path[-1]))) if drop_path else 0.0
-    expected = [drop_path_rate * i / max(len(blocks) - 1, 1) for i in range(len(blocks))]
-    if any(abs(a - b) > 1e-6 for a, b in zip(drop_path, expected, strict=True)):
-        raise NotImplementedError(_missing_message(model, ["a stochastic-depth schedule that is not linear"]))
-
-    def size(value: tuple[int, int]):
-        return value[0] if value[0] == value[1] else value
-
-    return ViTConfig(
-        image_size=size(image_size),
-        patch_size=size(patch_size),
-        num_classes=num_classes,
-        dim=int(model.embed_dim),
-        depth=len(blocks),
-        heads=int(heads),
-        mlp_dim=int(mlp_dim),
+    has_norm = reader.norm(model.norm, "norm")
+    has_fc_norm = reader.norm(model.fc_norm, "fc_norm")
+    return dict(
         pool={"token": "cls", "avg": "mean"}.get(global_pool, global_pool),
-        channels=int(proj.in_channels),
-        dim_head=int(head_dim),
-        dropout=dropouts.pop() if dropouts else 0.0,
-        emb_dropout=_dropout_rate(getattr(model, "pos_drop", None)),
-        layer_norm_eps=eps.pop() if eps else 1e-6,
-        patch_embedding="conv",
-        patch_bias=proj.bias is not None,
-        qkv_bias=bool(qkv_bias),
-        class_token=getattr(model, "cls_token", None) is not None,
-        reg_tokens=reg_tokens,
-        distilled=distilled,
-        no_embed_class=bool(getattr(model, "no_embed_class", False)),
-        pre_norm=pre_norm,
         final_norm=has_norm or has_fc_norm,
         fc_norm=has_fc_norm,
-        layer_scale_init=float(blocks[0].ls1.init_values) if blocks and not _is_identity(blocks[0].ls1) else None,
-        mlp_activation=activation or "gelu",
-        drop_path_rate=drop_path_rate,
+        num_classes=int(model.head.out_features) if not _is_identity(model.head) else 0,
         head_dropout=_dropout_rate(getattr(model, "head_drop", None)),
+    )
+
+
+def _timm_block(reader: _TimmOptions, block: Any, where: str) -> tuple | None:
+    """One block's shape (compared across blocks), or ``None`` when its type is not expressed at all."""
+    missing = reader.missing
+    if type(block).__name__ != "Block":
+        missing.append(f"block type {type(block).__name__} (only the pre-norm Block is expressed)")
+        return None
+    attn, mlp = block.attn, block.mlp
+    if type(attn).__name__ != "Attention":
+        missing.append(f"attention type {type(attn).__name__}")
+        return None
+    if not (_is_identity(getattr(attn, "q_norm", None)) and _is_identity(getattr(attn, "k_norm", None))):
+        missing.append("qk_norm (a norm on queries and keys)")
+    if not _is_identity(getattr(attn, "norm", None)):
+        missing.append("scale_attn_norm (a norm before the attention projection)")
+    if getattr(attn, "gate", None) is not None:
+        missing.append("gated attention")
+    if attn.proj.bias is None:
+        missing.append("proj_bias=False")
+    if type(mlp).__name__ != "Mlp" or type(mlp.fc1).__name__ != "Linear":
+        missing.append(f"MLP type {type(mlp).__name__} (only the two-layer Mlp is expressed)")
+        return None
+    if not _is_identity(getattr(mlp, "norm", None)):
+        missing.append("scale_mlp_norm (a norm inside the MLP)")
+    if mlp.fc1.bias is None or mlp.fc2.bias is None:
+        missing.append("an MLP without biases")
+    reader.norm(block.norm1, f"{where}.norm1")
+    reader.norm(block.norm2, f"{where}.norm2")
+    if _is_identity(block.ls1) != _is_identity(block.ls2):
+        missing.append("LayerScale on only one branch of a block")
+    layer_scale = None if _is_identity(block.ls1) else float(block.ls1.init_values)
+    dropouts = (attn.attn_drop, attn.proj_drop, mlp.drop1, mlp.drop2)
+    return (
+        int(attn.num_heads),
+        int(attn.head_dim),
+        int(attn.qkv.out_features),
+        attn.qkv.bias is not None,
+        int(mlp.fc1.out_features),
+        _activation(mlp.act, missing),
+        layer_scale,
+        frozenset(_dropout_rate(d) for d in dropouts),
+    )
+
+
+def _timm_blocks(reader: _TimmOptions) -> dict[str, Any]:
+    """The blocks, which must all be alike, and their stochastic-depth schedule."""
+    blocks = list(reader.model.blocks)
+    found: set[tuple] = set()
+    for i, block in enumerate(blocks):
+        shape = _timm_block(reader, block, f"blocks.{i}")
+        if shape is None:
+            break
+        found.add(shape)
+    if len(found) > 1:
+        reader.missing.append("blocks that differ from each other")
+    reader.check()
+    if not found:
+        raise NotImplementedError(_missing_message(reader.model, ["a model without blocks"]))
+    heads, head_dim, qkv_out, qkv_bias, mlp_dim, activation, layer_scale, dropouts = found.pop()
+    if len(dropouts) > 1:
+        reader.missing.append(f"different dropout rates in attention and MLP {sorted(dropouts)}")
+    if qkv_out != 3 * heads * head_dim:
+        reader.missing.append(f"a qkv projection of width {qkv_out}")
+    drop_path = [0.0 if _is_identity(b.drop_path1) else float(b.drop_path1.drop_prob) for b in blocks]
+    # timm computes the schedule in float32 (torch.linspace): 0.10000000149 is the 0.1 it was given.
+    drop_path_rate = float(str(np.float32(drop_path[-1])))
+    expected = [drop_path_rate * i / max(len(blocks) - 1, 1) for i in range(len(blocks))]
+    if any(abs(a - b) > 1e-6 for a, b in zip(drop_path, expected, strict=True)):
+        reader.missing.append("a stochastic-depth schedule that is not linear")
+    reader.check()
+    return dict(
+        depth=len(blocks),
+        heads=heads,
+        dim_head=head_dim,
+        mlp_dim=mlp_dim,
+        qkv_bias=bool(qkv_bias),
+        mlp_activation=activation or "gelu",
+        layer_scale_init=layer_scale,
+        dropout=next(iter(dropouts)),
+        drop_path_rate=drop_path_rate,
     )
 
 

@@ -58,12 +58,22 @@ class _ShellModule(nn.Module):
         else:  # the bare backbone tree, as transformers' Flax base models
             nn.share_scope(self, backbone)
 
-    def features(self, pixel_values, deterministic: bool, output_attentions: bool, output_hidden_states: bool):
+    def features(
+        self,
+        pixel_values,
+        deterministic: bool,
+        output_attentions: bool,
+        output_hidden_states: bool,
+        interpolate_pos_encoding: bool = False,
+    ):
+        # Only asked of the families that take it (``CoreModule.supports_interpolate_pos_encoding``).
+        extra = {"interpolate_pos_encoding": True} if interpolate_pos_encoding else {}
         return getattr(self, self.base_model_prefix).forward_features(
             pixel_values,
             train=not deterministic,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            **extra,
         )
 
     def outputs(self, features: Features, return_dict: bool):
@@ -77,8 +87,11 @@ class _ShellModule(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         return_dict: bool = True,
+        interpolate_pos_encoding: bool = False,
     ):
-        features = self.features(pixel_values, deterministic, output_attentions, output_hidden_states)
+        features = self.features(
+            pixel_values, deterministic, output_attentions, output_hidden_states, interpolate_pos_encoding
+        )
         return self.outputs(features, return_dict)
 
 
@@ -240,8 +253,8 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(self.params)))
 
     # -- forward ------------------------------------------------------------------------------------
-    def check_pixel_values(self, pixel_values) -> None:
-        """NCHW, the config's channel count and image size; a clear error otherwise."""
+    def check_pixel_values(self, pixel_values, any_size: bool = False) -> None:
+        """NCHW, the config's channel count and image size (any size with ``any_size``); a clear error otherwise."""
         shape = tuple(getattr(pixel_values, "shape", ()))
         channels, (height, width) = self.config.channels, self.config.image_size_hw
         name = type(self).__name__
@@ -257,15 +270,31 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
                     "x.transpose(0, 3, 1, 2) (or call the flax module, which takes NHWC, directly)."
                 )
             raise ValueError(f"{name} expects {channels}-channel NCHW pixel_values but got shape {shape}.{hint}")
-        if shape[2:] != (height, width):
+        if not any_size and shape[2:] != (height, width):
             raise ValueError(
                 f"{name} was configured for {height}x{width} images but got {shape[2]}x{shape[3]}; resize them "
                 f"with the model's image processor (model.image_processor) or load it with image_size="
                 f"({shape[2]}, {shape[3]}) where the family supports it"
             )
 
-    def _apply(self, deterministic, output_attentions, output_hidden_states, return_dict, top_level=True):
-        key = (deterministic, output_attentions, output_hidden_states, return_dict, id(self.module), top_level)
+    def _apply(
+        self,
+        deterministic,
+        output_attentions,
+        output_hidden_states,
+        return_dict,
+        top_level=True,
+        interpolate_pos_encoding=False,
+    ):
+        key = (
+            deterministic,
+            output_attentions,
+            output_hidden_states,
+            return_dict,
+            id(self.module),
+            top_level,
+            interpolate_pos_encoding,
+        )
         if key not in self._jitted:
             module = self.module
 
@@ -278,6 +307,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
                     output_attentions,
                     output_hidden_states,
                     return_dict,
+                    interpolate_pos_encoding,
                     rngs=rngs,
                 )
 
@@ -296,17 +326,26 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
     ):
         """Run the model on NCHW ``pixel_values`` (as produced by the image processor).
 
         ``train=True`` enables dropout and needs ``dropout_rng``; evaluation is deterministic.
+        ``interpolate_pos_encoding=True`` (the ViT family, as transformers' ViT) takes images of another
+        size than the config's, resizing the position embeddings to their patch grid.
         """
         output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = bool(
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = bool(return_dict if return_dict is not None else self.config.return_dict)
-        self.check_pixel_values(pixel_values)
+        interpolate_pos_encoding = bool(interpolate_pos_encoding)
+        if interpolate_pos_encoding and not self.module_class.core_module_class.supports_interpolate_pos_encoding:
+            raise ValueError(
+                f"{type(self).__name__} does not take interpolate_pos_encoding=True (the ViT family does); "
+                f"resize the images to the config's image size {self.config.image_size_hw}"
+            )
+        self.check_pixel_values(pixel_values, any_size=interpolate_pos_encoding)
         if train and dropout_rng is None:
             raise ValueError("train=True enables dropout and needs a PRNG key: pass dropout_rng=jax.random.key(...)")
         if getattr(pixel_values, "dtype", None) != np.float32:  # float32 arrays go to the jitted apply as they are
@@ -314,7 +353,9 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         rngs = {"dropout": dropout_rng} if dropout_rng is not None else {}
         params = params if params is not None else self.params
         top_level = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((params, pixel_values, rngs)))
-        apply = self._apply(not train, output_attentions, output_hidden_states, return_dict, top_level)
+        apply = self._apply(
+            not train, output_attentions, output_hidden_states, return_dict, top_level, interpolate_pos_encoding
+        )
         return apply(params, pixel_values, rngs)
 
     # -- image processor and prediction ---------------------------------------------------------------

@@ -14,6 +14,7 @@ directions (``hf_vit_flax.weight_tables``).
 - ``transformer``: pre-norm blocks, LayerScale, stochastic depth, stacks
 - ``patch_embed``: vit-pytorch's and timm's patch embeddings
 - ``pooling``: attention pooling by a latent query
+- ``pos_embed``: position embeddings at another resolution
 """
 
 from .attention import Attention, attend, fused_attention
@@ -36,6 +37,7 @@ from .patch_embed import (
     patchify,
 )
 from .pooling import AttentionPoolLatent, attention_pool_table
+from .pos_embed import interpolate_pos_embedding, torch_bicubic_matrix
 from .transformer import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -77,6 +79,7 @@ __all__ = [
     "fused_attention",
     "gelu",
     "gradient_barrier",
+    "interpolate_pos_embedding",
     "layer_norm",
     "norm_factory",
     "pair",
@@ -84,5 +87,6 @@ __all__ = [
     "patchify",
     "quick_gelu",
     "remat_if",
+    "torch_bicubic_matrix",
     "transformer_table",
 ]

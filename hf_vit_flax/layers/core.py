@@ -38,6 +38,8 @@ class CoreModule(nn.Module):
     """
 
     headless_output: ClassVar[str] = "last_hidden_state"
+    # Whether ``forward_features`` takes ``interpolate_pos_encoding=True`` (images of another size).
+    supports_interpolate_pos_encoding: ClassVar[bool] = False
     # The classification head, a module whose fields are a subset of the core module's (same names).
     head_class: ClassVar[type[nn.Module]]
     # The family's config class: its ``field_checks`` validate this module's fields of the same name.
@@ -123,8 +125,11 @@ def pair(value: int | Sequence[int]) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def check_image(images: jax.Array, image_size: tuple[int, int], channels: int, *, family: str) -> None:
-    """Fail early, with the fix, on images a model cannot take (instead of an einops/XLA traceback)."""
+def check_image(images: jax.Array, image_size: tuple[int, int] | None, channels: int, *, family: str) -> None:
+    """Fail early, with the fix, on images a model cannot take (instead of an einops/XLA traceback).
+
+    ``image_size=None`` accepts any size (a model that interpolates its position embeddings).
+    """
     if images.ndim != 4:
         raise ValueError(
             f"{family} expects a batch of images of shape (batch, height, width, channels), "
@@ -139,7 +144,7 @@ def check_image(images: jax.Array, image_size: tuple[int, int], channels: int, *
             f"{family} was built for {channels}-channel images but got {got_channels} channels "
             f"in an input of shape {tuple(images.shape)}{hint}"
         )
-    if (height, width) != tuple(image_size):
+    if image_size is not None and (height, width) != tuple(image_size):
         raise ValueError(
             f"{family} was built for {image_size[0]}x{image_size[1]} images but got {height}x{width}; "
             f"resize the images (e.g. with the model's image processor) or build the model with "

@@ -30,6 +30,7 @@ from ...layers import (
     Transformer,
     check_divisible,
     check_image,
+    interpolate_pos_embedding,
     norm_factory,
     pair,
 )
@@ -105,6 +106,7 @@ class ViT(CoreModule):
 
     head_class = ViTHead
     config_class = ViTConfig
+    supports_interpolate_pos_encoding = True
 
     @property
     def has_class_token(self) -> bool:
@@ -175,12 +177,27 @@ class ViT(CoreModule):
         return [jnp.broadcast_to(t, (batch, *t.shape)) for t in tokens]
 
     def forward_features(
-        self, img, *, train: bool = False, output_hidden_states: bool = False, output_attentions: bool = False
+        self,
+        img,
+        *,
+        train: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
     ) -> Features:
-        check_image(img, pair(self.image_size), self.channels, family="ViT")
+        """``interpolate_pos_encoding=True`` takes images of any size (at least one patch): the position
+        embeddings are resized to the image's patch grid with PyTorch's bicubic interpolation, as
+        transformers' ViT does (the image size of the config is then only the size they were trained at)."""
+        check_image(img, None if interpolate_pos_encoding else pair(self.image_size), self.channels, family="ViT")
         x = self.patch_embed(img.astype(self.dtype))
         prefix = self.prefix_tokens(x.shape[0], x.dtype)
-        pos_embedding = self.pos_embedding.astype(x.dtype)
+        pos_embedding = self.pos_embedding
+        if interpolate_pos_encoding:
+            patch_size = pair(self.patch_size)
+            grid = (img.shape[1] // patch_size[0], img.shape[2] // patch_size[1])
+            in_pos = 0 if self.no_embed_class else self.num_prefix_tokens
+            pos_embedding = interpolate_pos_embedding(pos_embedding, grid, in_pos)
+        pos_embedding = pos_embedding.astype(x.dtype)
         if self.no_embed_class:  # DeiT III / big_vision: add to the patches, then prepend the tokens
             x = jnp.concatenate([*prefix, x + pos_embedding], axis=1)
         else:  # the original ViT and DeiT: prepend, then add to every token

@@ -31,6 +31,11 @@ class Family:
     timm_prefixes: tuple[str, ...] = ()
     config_from_timm: Callable[[Any], VisionTransformerConfig] | None = None
     convert_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    # The way back (optional): core-module params -> a state dict the PyTorch library loads strictly,
+    # and the timm architecture name and ``model_args`` that rebuild the model in timm.
+    export_vit_pytorch: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    export_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    timm_architecture: Callable[[VisionTransformerConfig], tuple[str, dict]] | None = None
 
     @property
     def core_module_class(self) -> type:
@@ -50,6 +55,9 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("vit_", "deit_", "deit3_"),
         config_from_timm=convert_vit.config_from_timm,
         convert_timm=convert_vit.convert_timm,
+        export_vit_pytorch=convert_vit.export_vit_pytorch,
+        export_timm=convert_vit.export_timm,
+        timm_architecture=convert_vit.timm_architecture,
     ),
     "crossformer": Family(
         name="crossformer",

@@ -647,3 +647,77 @@ def _sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# -- writing a timm checkpoint ----------------------------------------------------------------------------
+
+
+def _pretrained_cfg(model: FlaxVisionPreTrainedModel) -> dict[str, Any]:
+    """timm's ``pretrained_cfg`` for the model's own preprocessing (size, resize ratio, filter, mean, std)."""
+    config, processor = model.config, model.image_processor
+    height, width = config.image_size_hw
+    resize = getattr(processor, "size", None) or {}
+    crop = getattr(processor, "crop_size", None) or {}
+    if getattr(processor, "do_center_crop", False) and "shortest_edge" in resize:
+        crop_pct, crop_mode = crop.get("height", height) / resize["shortest_edge"], "center"
+    elif getattr(processor, "do_center_crop", False) and "height" in resize:
+        crop_pct, crop_mode = crop.get("height", height) / resize["height"], "squash"
+    else:
+        crop_pct, crop_mode = 1.0, "squash"  # a plain resize to the input size
+    filters = {v: k for k, v in _RESAMPLE.items()}
+    return {
+        "input_size": [config.channels, height, width],
+        "interpolation": filters.get(int(getattr(processor, "resample", 3)), "bicubic"),
+        "crop_pct": round(crop_pct, 4),
+        "crop_mode": crop_mode,
+        "mean": list(getattr(processor, "image_mean", None) or config.image_mean or [0.5] * config.channels),
+        "std": list(getattr(processor, "image_std", None) or config.image_std or [0.5] * config.channels),
+        "num_classes": config.num_labels,
+    }
+
+
+def export_timm(model: FlaxVisionPreTrainedModel, output_dir: str | os.PathLike) -> str:
+    """Write ``model`` as a timm checkpoint folder: ``config.json`` (architecture, ``model_args``,
+    ``pretrained_cfg``, label names) and ``model.safetensors``, the layout timm's ``push_to_hf_hub``
+    uploads, so ``timm.create_model("local-dir:" + output_dir, pretrained=True)`` (or ``hf-hub:`` once
+    uploaded) builds the same model with these weights.
+
+    The folder is written as a whole (a half-written export is never left); weights files of an earlier
+    checkpoint in it are replaced. Raises ``NotImplementedError`` naming what timm cannot express.
+    """
+    from safetensors.numpy import save_file
+
+    from .checkpoint import write_checkpoint
+    from .families import family_of_config
+
+    config = model.config
+    family = family_of_config(config)
+    if family.export_timm is None or family.timm_architecture is None:
+        raise NotImplementedError(f"the {family.name} family has no timm counterpart to export to")
+    architecture, model_args = family.timm_architecture(config)
+    state_dict = family.export_timm(model.module_params()["params"], config)
+    hub_config: dict[str, Any] = {
+        "architecture": architecture,
+        "num_classes": config.num_labels,
+        "num_features": int(getattr(config, "dim", 0) or 0) or None,
+        "global_pool": model_args.get("global_pool"),
+        "model_args": model_args,
+        "pretrained_cfg": _pretrained_cfg(model),
+    }
+    labels = [config.id2label[i] for i in range(config.num_labels)] if config.num_labels > 0 else []
+    if labels and any(label != f"LABEL_{i}" for i, label in enumerate(labels)):
+        hub_config["label_names"] = labels
+    hub_config = {k: v for k, v in hub_config.items() if v is not None}
+
+    def write(folder: str) -> None:
+        save_file(
+            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()},
+            os.path.join(folder, "model.safetensors"),
+            metadata={"format": "pt"},
+        )
+        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hub_config, f, indent=2)
+
+    output_dir = os.fspath(output_dir)
+    write_checkpoint(output_dir, write)
+    return output_dir

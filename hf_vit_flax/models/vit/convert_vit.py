@@ -436,3 +436,60 @@ def _fit_pos_embed(pos_embedding: np.ndarray, config: ViTConfig) -> np.ndarray:
             f"configuration (another architecture, or class/register/distillation tokens, or no_embed_class)"
         )
     return resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)
+
+
+# -- back to timm: the architecture and arguments that rebuild a ViT there -----------------------------
+
+# timm builds its ViTs with LayerNorm eps 1e-6, and its CLIP towers with 1e-5; the arguments below
+# override everything else of the named architecture.
+_TIMM_BASE = {1e-6: "vit_base_patch16_224", 1e-5: "vit_base_patch16_clip_224"}
+
+
+def timm_architecture(config: ViTConfig) -> tuple[str, dict[str, Any]]:
+    """The timm architecture and ``model_args`` that build this ViT in timm (as its Hub ``config.json``
+    records them), or ``NotImplementedError`` naming what timm's ``VisionTransformer`` cannot express."""
+    missing = []
+    if config.patch_embedding != "conv":
+        missing.append("vit-pytorch's patch LayerNorm -> Linear -> LayerNorm embedding (timm has a conv)")
+    if config.heads * config.dim_head != config.dim:
+        missing.append(f"heads * dim_head = {config.heads * config.dim_head} != dim = {config.dim}")
+    if config.patch_bias == config.pre_norm:
+        missing.append("a patch-embedding bias together with norm_pre, or neither (timm has exactly one)")
+    eps = min(_TIMM_BASE, key=lambda e: abs(e - config.layer_norm_eps))
+    if not math.isclose(eps, config.layer_norm_eps, rel_tol=1e-6):
+        missing.append(f"layer_norm_eps={config.layer_norm_eps} (timm's ViTs use 1e-6, its CLIP towers 1e-5)")
+    if config.distilled and eps != 1e-6:
+        missing.append("a distilled ViT with layer_norm_eps other than 1e-6")
+    mlp_ratio = config.mlp_dim / config.dim
+    if int(config.dim * mlp_ratio) != config.mlp_dim:
+        missing.append(f"mlp_dim={config.mlp_dim}, which is no ratio of dim={config.dim} timm rounds back to")
+    if missing:
+        raise NotImplementedError("this ViT cannot be written as a timm model: " + "; ".join(missing))
+    architecture = "deit_base_distilled_patch16_224" if config.distilled else _TIMM_BASE[eps]
+    image_size, patch_size = pair(config.image_size), pair(config.patch_size)
+    args = dict(
+        img_size=list(image_size),
+        patch_size=list(patch_size),
+        in_chans=config.channels,
+        num_classes=config.num_labels,
+        global_pool={"cls": "token", "mean": "avg"}.get(config.pool, config.pool),
+        embed_dim=config.dim,
+        depth=config.depth,
+        num_heads=config.heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=config.qkv_bias,
+        init_values=config.layer_scale_init,
+        class_token=config.has_class_token,
+        no_embed_class=config.no_embed_class,
+        reg_tokens=config.reg_tokens,
+        pre_norm=config.pre_norm,
+        final_norm=config.final_norm,
+        fc_norm=config.final_norm and config.fc_norm,
+        act_layer=config.mlp_activation,
+        drop_rate=config.head_dropout,
+        pos_drop_rate=config.emb_dropout,
+        proj_drop_rate=config.dropout,
+        attn_drop_rate=config.dropout,
+        drop_path_rate=config.drop_path_rate,
+    )
+    return architecture, args

@@ -7,12 +7,18 @@ checks the result strictly against the model's expected tree.
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from .configuration_utils import VisionTransformerConfig
 from .conversion_utils import to_numpy
 from .families import FAMILIES, Family, family_of_config
+from .layers import as_tuples
 from .modeling_utils import FlaxVisionPreTrainedModel
 
 
@@ -58,3 +64,55 @@ def from_vit_pytorch(
     params = family.convert_vit_pytorch(to_numpy(state_dict), config)
     model_class = family.classifier_class if config.num_labels > 0 else family.model_class
     return model_class.from_params(config, params)
+
+
+VIT_PYTORCH_CONFIG = "config.json"  # {"class": "vit_pytorch.vit.ViT", "kwargs": {...}}
+VIT_PYTORCH_WEIGHTS = "model.safetensors"
+
+
+def export_vit_pytorch(model: FlaxVisionPreTrainedModel, output_dir: str | os.PathLike) -> str:
+    """Write ``model`` for vit-pytorch: its state dict (``model.safetensors``) and the class and
+    constructor arguments that rebuild it (``config.json``); :func:`load_vit_pytorch` builds the
+    PyTorch model from the folder. The folder is written as a whole. Raises ``NotImplementedError``
+    naming the options vit-pytorch's class does not have (e.g. timm's conv patch embedding).
+    """
+    from safetensors.numpy import save_file
+
+    from .checkpoint import write_checkpoint
+
+    config = model.config
+    family = family_of_config(config)
+    if family.export_vit_pytorch is None or family.vit_pytorch_kwargs is None:
+        raise NotImplementedError(f"the {family.name} family does not export to vit-pytorch")
+    kwargs = family.vit_pytorch_kwargs(config)
+    state_dict = family.export_vit_pytorch(model.module_params()["params"], config)
+
+    def write(folder: str) -> None:
+        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()}
+        save_file(tensors, os.path.join(folder, VIT_PYTORCH_WEIGHTS), metadata={"format": "pt"})
+        with open(os.path.join(folder, VIT_PYTORCH_CONFIG), "w", encoding="utf-8") as f:
+            json.dump({"class": family.vit_pytorch_class, "kwargs": kwargs}, f, indent=2)
+
+    output_dir = os.fspath(output_dir)
+    write_checkpoint(output_dir, write)
+    return output_dir
+
+
+def load_vit_pytorch(folder: str | os.PathLike):
+    """The vit-pytorch model of a folder written by :func:`export_vit_pytorch` (needs torch and vit-pytorch).
+
+    Only the classes of the registered families are built; the weights load with ``strict=True``.
+    """
+    from safetensors.torch import load_file
+
+    with open(os.path.join(folder, VIT_PYTORCH_CONFIG), encoding="utf-8") as f:
+        spec = json.load(f)
+    known = {family.vit_pytorch_class for family in FAMILIES.values()}
+    if spec.get("class") not in known:
+        raise ValueError(f"{folder} names {spec.get('class')!r}, which is not a vit-pytorch class of {sorted(known)}")
+    module_name, _, class_name = spec["class"].rpartition(".")
+    # JSON has no tuples; vit-pytorch's ``pair`` takes a (height, width) tuple, not a list.
+    kwargs = {k: as_tuples(v) for k, v in spec["kwargs"].items()}
+    model = getattr(importlib.import_module(module_name), class_name)(**kwargs)
+    model.load_state_dict(load_file(os.path.join(folder, VIT_PYTORCH_WEIGHTS)), strict=True)
+    return model.eval()

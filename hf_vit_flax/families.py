@@ -36,6 +36,7 @@ class Family:
     export_vit_pytorch: Callable[[dict, VisionTransformerConfig], dict] | None = None
     export_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
     timm_architecture: Callable[[VisionTransformerConfig], tuple[str, dict]] | None = None
+    vit_pytorch_kwargs: Callable[[VisionTransformerConfig], dict] | None = None
 
     @property
     def core_module_class(self) -> type:
@@ -58,6 +59,7 @@ FAMILIES: dict[str, Family] = {
         export_vit_pytorch=convert_vit.export_vit_pytorch,
         export_timm=convert_vit.export_timm,
         timm_architecture=convert_vit.timm_architecture,
+        vit_pytorch_kwargs=convert_vit.vit_pytorch_kwargs,
     ),
     "crossformer": Family(
         name="crossformer",

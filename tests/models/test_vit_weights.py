@@ -67,3 +67,24 @@ def test_export_names_parameters_the_table_does_not_know():
     params = {**params, "extra": {"kernel": np.zeros((2, 2))}}
     with pytest.raises(ValueError, match="extra/kernel"):
         export_vit_pytorch(params, model.config)
+
+
+@pytest.mark.parametrize("name", ["rect-image-and-patch", "mean-pool"])
+def test_vit_pytorch_folder_round_trip(name, tmp_path):
+    kwargs = PARITY_CONFIGS[name]
+    original = randomize_(vit_pytorch.vit.ViT(**kwargs), seed=6).eval()
+    model = hf_vit_flax.from_vit_pytorch(original, config=hf_vit_flax.ViTConfig(**kwargs))
+    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
+    assert type(loaded) is vit_pytorch.vit.ViT
+    pixels = images(2, *model.config.image_size_hw, seed=2)
+    assert_parity(torch_logits(loaded, pixels), torch_logits(original, pixels), atol=0)
+    assert_parity(np.asarray(model(pixels).logits), torch_logits(loaded, pixels))
+
+
+def test_vit_pytorch_export_names_timm_options(tmp_path):
+    config = hf_vit_flax.ViTConfig(image_size=32, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64, num_classes=3)
+    model = hf_vit_flax.FlaxViTForImageClassification(config)
+    model.config.qkv_bias = True
+    with pytest.raises(NotImplementedError, match="qkv_bias=True"):
+        hf_vit_flax.export_vit_pytorch(model, tmp_path)

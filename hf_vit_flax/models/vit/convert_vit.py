@@ -102,6 +102,51 @@ def export_vit_pytorch(params: Mapping, config: ViTConfig) -> dict[str, np.ndarr
     return state_dict
 
 
+def vit_pytorch_kwargs(config: ViTConfig) -> dict[str, Any]:
+    """The constructor arguments of vit-pytorch's ``ViT`` for this config (the inverse of
+    ``config_from_vit_pytorch``), or ``NotImplementedError`` naming the timm options vit-pytorch lacks."""
+    defaults = ViTConfig()
+    timm_options = (
+        "patch_embedding",
+        "qkv_bias",
+        "reg_tokens",
+        "distilled",
+        "no_embed_class",
+        "pre_norm",
+        "fc_norm",
+        "layer_scale_init",
+        "mlp_activation",
+        "drop_path_rate",
+        "head_dropout",
+        "layer_norm_eps",
+        "final_norm",
+    )
+    changed = [
+        f"{name}={getattr(config, name)!r}" for name in timm_options if getattr(config, name) != getattr(defaults, name)
+    ]
+    if config.class_token is not None and config.class_token != (config.pool == "cls"):
+        changed.append(f"class_token={config.class_token}")
+    if config.pool not in ("cls", "mean"):
+        changed.append(f"pool={config.pool!r}")
+    if changed:
+        raise NotImplementedError("vit-pytorch's ViT does not express " + ", ".join(changed))
+    size = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return dict(
+        image_size=size(config.image_size),
+        patch_size=size(config.patch_size),
+        num_classes=config.num_labels,
+        dim=config.dim,
+        depth=config.depth,
+        heads=config.heads,
+        mlp_dim=config.mlp_dim,
+        pool=config.pool,
+        channels=config.channels,
+        dim_head=config.dim_head,
+        dropout=config.dropout,
+        emb_dropout=config.emb_dropout,
+    )
+
+
 # -- timm ---------------------------------------------------------------------------------------------
 
 # timm activation modules -> ``ViTConfig.mlp_activation``.

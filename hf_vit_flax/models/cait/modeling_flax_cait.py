@@ -435,43 +435,52 @@ class CaiT(CoreModule):
         self.cls_token = self.param("cls_token", init, (1, 1, self.dim), self.param_dtype)
         self.emb_drop = nn.Dropout(self.emb_dropout)
 
-        def stack(block_class, attention_class, depth, mlp_dim, dropout, attn_dropout, talking_heads, **options):
+        def stack(block_class, attention_class, depth, *, dropout, attn_dropout, talking_heads, **block_options):
             attention = functools.partial(
                 attention_class,
                 self.dim,
                 self.heads,
                 self.dim_head,
-                dropout,
-                attn_dropout,
-                self.qkv_bias,
-                talking_heads,
-                self.attn_dropout_before_mixing,
+                dropout=dropout,
+                attn_dropout=attn_dropout,
+                qkv_bias=self.qkv_bias,
+                talking_heads=talking_heads,
+                dropout_before_mixing=self.attn_dropout_before_mixing,
                 **kw,
             )
-            block_class = remat_if(block_class, self.remat, block_class.static_argnums)
-            block = functools.partial(block_class, self.dim, mlp_dim, attention, norm_layer, dropout, **options, **kw)
-            return CaiTStack(block, depth, self.layer_scale_init, self.layer_dropout)
+            block = functools.partial(
+                remat_if(block_class, self.remat, block_class.static_argnums),
+                attention=attention,
+                norm_layer=norm_layer,
+                dim=self.dim,
+                dropout=dropout,
+                **block_options,
+                **kw,
+            )
+            return CaiTStack(block, depth, layer_scale_init=self.layer_scale_init, layer_dropout=self.layer_dropout)
 
-        talking_heads = functools.partial(TalkingHeads, self.heads, self.talking_heads_bias, init, self.param_dtype)
+        talking_heads = functools.partial(
+            TalkingHeads, self.heads, use_bias=self.talking_heads_bias, kernel_init=init, param_dtype=self.param_dtype
+        )
         attn_dropout = self.dropout if self.attn_dropout is None else self.attn_dropout
         self.patch_transformer = stack(
             LayerScaleBlock,
             TalkingHeadAttention,
             self.depth,
-            self.mlp_dim,
-            self.dropout,
-            attn_dropout,
-            talking_heads,
+            mlp_dim=self.mlp_dim,
+            dropout=self.dropout,
+            attn_dropout=attn_dropout,
+            talking_heads=talking_heads,
             drop_path=self.drop_path_rate,
         )
         self.cls_transformer = stack(
             ClassAttentionBlock,
             ClassAttention,
             self.cls_depth,
-            self.cls_mlp_dim or self.mlp_dim,
-            self.dropout if self.cls_dropout else 0.0,
-            attn_dropout if self.cls_dropout else 0.0,
-            talking_heads if self.cls_talking_heads else None,
+            mlp_dim=self.cls_mlp_dim or self.mlp_dim,
+            dropout=self.dropout if self.cls_dropout else 0.0,
+            attn_dropout=attn_dropout if self.cls_dropout else 0.0,
+            talking_heads=talking_heads if self.cls_talking_heads else None,
             norm_patches=self.cls_norm_patches,
         )
         self.norm = norm_layer()

@@ -223,11 +223,18 @@ def block_table(
     project_out: bool = True,
     layer_scale: bool = False,
     layer_scale_transform: wt.Transform = wt.COPY,
+    projections: tuple[str, ...] = ("qkv",),
 ) -> wt.Table:
-    """The weight map of one :class:`TransformerBlock` (``names``: the PyTorch name of each part)."""
+    """The weight map of one :class:`TransformerBlock` (``names``: the PyTorch name of each part).
+
+    ``projections``: the attention's input projections by our name, the fused ``qkv`` or e.g. ``q``, ``k``,
+    ``v`` apart (CaiT's class attention), each mapped through ``names["attn/<name>"]``.
+    """
     t = lambda part: wt.join(torch, names[part], ".")  # noqa: E731
     f = lambda part: wt.join(flax, part, "/")  # noqa: E731
-    table = [*wt.norm(t("norm1"), f("norm1")), *wt.linear(t("attn/qkv"), f("attn/qkv"), bias=qkv_bias)]
+    table = wt.norm(t("norm1"), f("norm1"))
+    for name in projections:
+        table += wt.linear(t(f"attn/{name}"), f(f"attn/{name}"), bias=qkv_bias)
     if project_out:
         table += wt.linear(t("attn/proj"), f("attn/proj"))
     table += [

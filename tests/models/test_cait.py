@@ -1,5 +1,7 @@
 """CaiT: parity with vit-pytorch's CaiT and timm's Cait, the seed README snippet, layer dropout, the HF wrappers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ import hf_vit_flax
 from hf_vit_flax import CaiT, CaiTConfig, FlaxCaiTForImageClassification, FlaxCaiTModel
 from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
-from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack
+from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack, LayerScaleBlock, TalkingHeadAttention
 from tests.helpers import (
     BAD_PIXEL_VALUES,
     assert_core_module_rejects_bad_images,
@@ -316,8 +318,14 @@ def test_layer_dropout_drops_whole_layers_like_vit_pytorch():
     assert seen_drops > 0
 
 
+def small_stack(depth, layer_dropout):
+    # A stack of self-attention layers of width 8 (one head), built as CaiT builds its stacks.
+    block = functools.partial(LayerScaleBlock, 8, 8, functools.partial(TalkingHeadAttention, 8, 1, 8))
+    return CaiTStack(block, depth, layer_dropout=layer_dropout)
+
+
 def test_layer_dropout_keeps_at_least_one_layer():
-    stack = CaiTStack(depth=3, dim=8, heads=1, dim_head=8, mlp_dim=8, layer_dropout=0.999)
+    stack = small_stack(depth=3, layer_dropout=0.999)
     variables = stack.init(jax.random.key(0), jnp.zeros((1, 2, 8)))
 
     def kept(seed):
@@ -326,7 +334,7 @@ def test_layer_dropout_keeps_at_least_one_layer():
     masks = np.stack([np.asarray(kept(seed)) for seed in range(40)])
     assert np.all(masks.sum(axis=1) == 1)  # almost surely all dropped, then one rescued
     assert len({int(m.argmax()) for m in masks}) > 1  # the rescued layer is random
-    half = CaiTStack(depth=8, dim=8, heads=1, dim_head=8, mlp_dim=8, layer_dropout=0.5)
+    half = small_stack(depth=8, layer_dropout=0.5)
     rates = [
         np.asarray(half.apply(variables, method=CaiTStack.kept_layers, rngs={"dropout": jax.random.key(s)}))
         for s in range(50)

@@ -1,24 +1,25 @@
-"""Weights of vit-pytorch's ``CaiT`` and timm's ``Cait`` -> ``hf_vit_flax.CaiT`` (pure numpy; no torch import).
+"""Weights of vit-pytorch's ``CaiT`` and timm's ``Cait`` <-> ``hf_vit_flax.CaiT`` (no torch import).
 
-vit-pytorch (``style="vit_pytorch"``) -> ours:
+Each layout is one declarative table (:mod:`hf_vit_flax.weight_tables`), read both ways:
+``convert_vit_pytorch`` / ``convert_timm`` turn a state dict into the core module's params, and
+``export_vit_pytorch`` / ``export_timm`` write those params back as a state dict that the PyTorch
+model loads with ``load_state_dict(..., strict=True)``. ``vit_pytorch_table(config)`` and
+``timm_table(config)`` are the key maps themselves:
+
+vit-pytorch -> ours:
   to_patch_embedding.{1,2,3}                 -> patch_embed.{patch_norm, proj, norm}
   pos_embedding, cls_token                   -> pos_embedding, cls_token (same shapes)
-  {patch,cls}_transformer.layers.i.0.scale   -> {patch,cls}_transformer.blocks_i.ls1.gamma (flattened)
-  ....layers.i.0.fn.norm                     -> ....blocks_i.norm1
-  patch stack: ....0.fn.{to_q, to_kv}        -> ....attn.qkv (the two stacked: [q; k; v], timm's layout)
-  cls stack:   ....0.fn.{to_q, to_kv}        -> ....attn.{q, k, v} (to_kv split in two)
-  ....0.fn.mix_heads_{pre,post}_attn         -> ....attn.{proj_l, proj_w}.kernel (as is: (heads, heads))
-  ....0.fn.to_out.0                          -> ....attn.proj
-  ....layers.i.1.scale, fn.net.{0,1,4}       -> ....blocks_i.{ls2.gamma, norm2, mlp.fc1, mlp.fc2}
+  {patch,cls}_transformer.layers.i           -> {patch,cls}_transformer.blocks_i (VIT_PYTORCH_LAYER)
   mlp_head.{0,1}                             -> norm, head
 
-timm (``style="timm"``) -> ours:
+timm -> ours:
   patch_embed.proj (conv), pos_embed, cls_token -> patch_embed.proj, pos_embedding, cls_token
-  blocks.i.{norm1, attn.qkv, attn.proj_l, attn.proj_w, attn.proj, norm2, mlp.fc1, mlp.fc2, gamma_1, gamma_2}
-                                             -> patch_transformer.blocks_i.{..., ls1.gamma, ls2.gamma}
-  blocks_token_only.i.{norm1, attn.{q,k,v,proj}, norm2, mlp, gamma_1, gamma_2}
-                                             -> cls_transformer.blocks_i.{...}
+  blocks.i, blocks_token_only.i              -> patch_transformer.blocks_i, cls_transformer.blocks_i (TIMM_LAYER)
   norm, head                                 -> norm, head
+
+The one step that is not a rename: vit-pytorch keeps an attention's query apart from its keys and values
+(``to_q``, ``to_kv``), where our self-attention fuses all three (``qkv``) and our class attention keeps
+each apart (``q``, ``k``, ``v``); ``_regroup_projections`` and ``_ungroup_projections`` move between them.
 """
 
 from __future__ import annotations
@@ -29,8 +30,78 @@ from typing import Any
 
 import numpy as np
 
-from ...conversion_utils import StateDictReader, linear, to_numpy
-from .configuration_cait import CaiTConfig
+from ... import weight_tables as wt
+from ...conversion_utils import to_numpy
+from ...layers import block_table, conv_patch_embedding_table, patch_embedding_table
+from .configuration_cait import STYLES, CaiTConfig, format_options
+
+# -- one layer of either stack, by our part names (the names ``block_table`` reads) -----------------------
+
+# vit-pytorch's layer ``layers.i`` = (LayerScale(Attention), LayerScale(FeedForward)), in either stack.
+# ``to_qkv`` / ``to_k`` / ``to_v`` are its ``to_q`` and ``to_kv`` regrouped (``_regroup_projections``).
+VIT_PYTORCH_LAYER = {
+    "norm1": "0.fn.norm",
+    "attn/qkv": "0.fn.to_qkv",
+    "attn/q": "0.fn.to_q",
+    "attn/k": "0.fn.to_k",
+    "attn/v": "0.fn.to_v",
+    "attn/proj_l": "0.fn.mix_heads_pre_attn",
+    "attn/proj_w": "0.fn.mix_heads_post_attn",
+    "attn/proj": "0.fn.to_out.0",
+    "ls1": "0.scale",
+    "norm2": "1.fn.net.0",
+    "mlp/fc1": "1.fn.net.1",
+    "mlp/fc2": "1.fn.net.4",
+    "ls2": "1.scale",
+}
+# timm's LayerScaleBlock (``blocks.i``, TalkingHeadAttn) and LayerScaleBlockClassAttn (``blocks_token_only.i``,
+# ClassAttn).
+TIMM_LAYER = {
+    "norm1": "norm1",
+    "attn/qkv": "attn.qkv",
+    "attn/q": "attn.q",
+    "attn/k": "attn.k",
+    "attn/v": "attn.v",
+    "attn/proj_l": "attn.proj_l",
+    "attn/proj_w": "attn.proj_w",
+    "attn/proj": "attn.proj",
+    "ls1": "gamma_1",
+    "norm2": "norm2",
+    "mlp/fc1": "mlp.fc1",
+    "mlp/fc2": "mlp.fc2",
+    "ls2": "gamma_2",
+}
+
+
+def layer_table(
+    torch: str,
+    flax: str,
+    names: dict[str, str],
+    config: CaiTConfig,
+    *,
+    class_attention: bool = False,
+    layer_scale_transform: wt.Transform = wt.COPY,
+) -> wt.Table:
+    """The weight map of one ``LayerScaleBlock`` (or ``ClassAttentionBlock``): a pre-norm block with LayerScale
+    (``block_table``; q, k and v apart in class attention) and the talking-heads mixings it has.
+
+    A mixing with a bias is a ``Linear`` over the head axis (timm's ``proj_l`` / ``proj_w``: kernel = weight.T);
+    one without is the bare ``(heads, heads)`` matrix (vit-pytorch's ``mix_heads_*``: the kernel as it is).
+    """
+    table = block_table(
+        torch,
+        flax,
+        names,
+        qkv_bias=config.qkv_bias,
+        layer_scale=True,
+        layer_scale_transform=layer_scale_transform,
+        projections=("q", "k", "v") if class_attention else ("qkv",),
+    )
+    if config.cls_talking_heads or not class_attention:
+        for mixing in ("attn/proj_l", "attn/proj_w"):
+            t, f = wt.join(torch, names[mixing], "."), wt.join(flax, mixing, "/")
+            table += wt.linear(t, f) if config.talking_heads_bias else wt.param(t, f"{f}/kernel")
+    return table
 
 
 def _square_image_size(num_patches: int, patch_h: int, patch_w: int, what: str):
@@ -72,58 +143,78 @@ def config_from_vit_pytorch(model: Any) -> CaiTConfig:
     )
 
 
-def _vit_pytorch_layer(sd: StateDictReader, prefix: str, class_attention: bool) -> dict:
-    attn = f"{prefix}.0.fn"
-    q = sd.pop(f"{attn}.to_q.weight")
-    k, v = np.split(sd.pop(f"{attn}.to_kv.weight"), 2, axis=0)
-    if class_attention:
-        projections = {"q": {"kernel": linear(q)}, "k": {"kernel": linear(k)}, "v": {"kernel": linear(v)}}
-    else:
-        projections = {"qkv": {"kernel": linear(np.concatenate([q, k, v], axis=0))}}
-    return {
-        "norm1": sd.layer_norm(f"{attn}.norm"),
-        "attn": {
-            **projections,
-            "proj_l": {"kernel": sd.pop(f"{attn}.mix_heads_pre_attn")},
-            "proj_w": {"kernel": sd.pop(f"{attn}.mix_heads_post_attn")},
-            "proj": sd.linear(f"{attn}.to_out.0"),
-        },
-        "ls1": {"gamma": sd.pop(f"{prefix}.0.scale").reshape(-1)},
-        "norm2": sd.layer_norm(f"{prefix}.1.fn.net.0"),
-        "mlp": {"fc1": sd.linear(f"{prefix}.1.fn.net.1"), "fc2": sd.linear(f"{prefix}.1.fn.net.4")},
-        "ls2": {"gamma": sd.pop(f"{prefix}.1.scale").reshape(-1)},
-    }
+def vit_pytorch_table(config: CaiTConfig) -> wt.Table:
+    """vit-pytorch's ``CaiT`` keys (after ``_regroup_projections``) <-> the params of ``hf_vit_flax.CaiT``."""
+    check_reference(config, "vit_pytorch", "a vit-pytorch CaiT", qkv_bias=False)
+    table = [
+        *patch_embedding_table("to_patch_embedding", "patch_embed"),
+        *wt.param("pos_embedding", "pos_embedding"),
+        *wt.param("cls_token", "cls_token"),
+    ]
+    for stack, depth in (("patch_transformer", config.depth), ("cls_transformer", config.cls_depth)):
+        for i in range(depth):
+            table += layer_table(
+                f"{stack}.layers.{i}",
+                f"{stack}/blocks_{i}",
+                VIT_PYTORCH_LAYER,
+                config,
+                class_attention=stack == "cls_transformer",
+                layer_scale_transform=wt.flatten_to((1, 1, config.dim)),  # vit-pytorch's scale is (1, 1, dim)
+            )
+    table += wt.norm("mlp_head.0", "norm")
+    if config.num_labels > 0:
+        table += wt.linear("mlp_head.1", "head")
+    return table
+
+
+# vit-pytorch keeps an empty Linear(dim, 0) as the head of a num_classes=0 model.
+_EMPTY_HEAD = ("mlp_head.1.weight", "mlp_head.1.bias")
 
 
 def convert_vit_pytorch(state_dict: Mapping[str, np.ndarray], config: CaiTConfig) -> dict:
     """vit-pytorch ``CaiT`` state dict (numpy) -> the params of ``hf_vit_flax.CaiT`` (unchecked tree)."""
-    if config.style != "vit_pytorch":
-        raise ValueError(f"a vit-pytorch CaiT converts into a config with style='vit_pytorch', not {config.style!r}")
-    sd = StateDictReader(to_numpy(state_dict))
-    params: dict[str, Any] = {
-        "patch_embed": {
-            "patch_norm": sd.layer_norm("to_patch_embedding.1"),
-            "proj": sd.linear("to_patch_embedding.2"),
-            "norm": sd.layer_norm("to_patch_embedding.3"),
-        },
-        "pos_embedding": sd.pop("pos_embedding"),
-        "cls_token": sd.pop("cls_token"),
-    }
-    for stack, depth, class_attention in (
-        ("patch_transformer", config.depth, False),
-        ("cls_transformer", config.cls_depth, True),
-    ):
-        params[stack] = {
-            f"blocks_{i}": _vit_pytorch_layer(sd, f"{stack}.layers.{i}", class_attention) for i in range(depth)
-        }
-    params["norm"] = sd.layer_norm("mlp_head.0")
-    if config.num_labels > 0:
-        params["head"] = sd.linear("mlp_head.1")
-    elif "mlp_head.1.weight" in sd and sd.remaining["mlp_head.1.weight"].size == 0:
-        # vit-pytorch keeps an empty Linear(dim, 0) as the head of a num_classes=0 model.
-        sd.pop("mlp_head.1.weight"), sd.pop("mlp_head.1.bias")
-    sd.finish("vit-pytorch CaiT")
-    return params
+    table = vit_pytorch_table(config)
+    state_dict = _regroup_projections(to_numpy(state_dict))
+    empty_head = [k for k in _EMPTY_HEAD if config.num_labels == 0 and k in state_dict and state_dict[k].size == 0]
+    return wt.to_flax(state_dict, table, what="vit-pytorch CaiT", ignore=empty_head)
+
+
+def export_vit_pytorch(params: Mapping, config: CaiTConfig) -> dict[str, np.ndarray]:
+    """The params of ``hf_vit_flax.CaiT`` -> a state dict of ``vit_pytorch.cait.CaiT`` (numpy arrays)."""
+    state_dict = _ungroup_projections(wt.to_torch(_core_params(params), vit_pytorch_table(config), what="CaiT"))
+    if config.num_labels == 0:
+        state_dict[_EMPTY_HEAD[0]], state_dict[_EMPTY_HEAD[1]] = (
+            np.zeros((0, config.dim), np.float32),
+            np.zeros(0, np.float32),
+        )
+    return state_dict
+
+
+def _regroup_projections(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """vit-pytorch's ``to_q`` and ``to_kv`` as the table reads them: stacked into ``to_qkv`` in the patch stack
+    (our fused ``qkv``), ``to_kv`` split into ``to_k`` and ``to_v`` in the class-attention stack."""
+    out = dict(state_dict)
+    for key in [k for k in state_dict if k.endswith(".to_kv.weight")]:
+        prefix = key.removesuffix("to_kv.weight")
+        k, v = np.split(out.pop(key), 2, axis=0)
+        if key.startswith("patch_transformer.") and f"{prefix}to_q.weight" in out:
+            out[f"{prefix}to_qkv.weight"] = np.concatenate([out.pop(f"{prefix}to_q.weight"), k, v], axis=0)
+        else:
+            out[f"{prefix}to_k.weight"], out[f"{prefix}to_v.weight"] = k, v
+    return out
+
+
+def _ungroup_projections(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`_regroup_projections`: ``to_q`` and ``to_kv`` again."""
+    out = dict(state_dict)
+    for key in [k for k in state_dict if k.endswith(".to_qkv.weight")]:
+        prefix = key.removesuffix("to_qkv.weight")
+        q, k, v = np.split(out.pop(key), 3, axis=0)
+        out[f"{prefix}to_q.weight"], out[f"{prefix}to_kv.weight"] = q, np.concatenate([k, v], axis=0)
+    for key in [k for k in state_dict if k.endswith(".to_k.weight")]:
+        prefix = key.removesuffix("to_k.weight")
+        out[f"{prefix}to_kv.weight"] = np.concatenate([out.pop(key), out.pop(f"{prefix}to_v.weight")], axis=0)
+    return out
 
 
 # -- timm ---------------------------------------------------------------------------------------------
@@ -179,6 +270,7 @@ def config_from_timm(timm_model: Any) -> CaiTConfig:
         cls_mlp_dim=None if cls_mlp_dim == mlp_dim else cls_mlp_dim,
         attn_dropout=float(block.attn.attn_drop.p),
         drop_path_rate=float(getattr(block.drop_path, "drop_prob", 0.0)),
+        head_dropout=float(getattr(getattr(model, "head_drop", None), "p", 0.0)),
         image_mean=pretrained_cfg.get("mean"),
         image_std=pretrained_cfg.get("std"),
     )
@@ -191,48 +283,50 @@ def _constant_value(tensor: Any, default: float) -> float:
     return float(values.flat[0]) if values.size and np.all(values == values.flat[0]) else default
 
 
-def convert_timm(state_dict: Mapping[str, np.ndarray], config: CaiTConfig) -> dict:
-    """timm ``Cait`` state dict (numpy) -> the params of ``hf_vit_flax.CaiT`` with ``style="timm"`` (unchecked tree)."""
-    if config.style != "timm":
-        raise ValueError(f"a timm Cait converts into a config with style='timm', not {config.style!r}")
-    sd = StateDictReader(to_numpy(state_dict))
-    bias = config.qkv_bias
-
-    def layer(prefix: str, projections: dict) -> dict:
-        return {
-            "norm1": sd.layer_norm(f"{prefix}.norm1"),
-            "attn": {**projections, "proj": sd.linear(f"{prefix}.attn.proj")},
-            "ls1": {"gamma": sd.pop(f"{prefix}.gamma_1")},
-            "norm2": sd.layer_norm(f"{prefix}.norm2"),
-            "mlp": {"fc1": sd.linear(f"{prefix}.mlp.fc1"), "fc2": sd.linear(f"{prefix}.mlp.fc2")},
-            "ls2": {"gamma": sd.pop(f"{prefix}.gamma_2")},
-        }
-
-    params: dict[str, Any] = {
-        "patch_embed": {"proj": sd.conv("patch_embed.proj")},
-        "pos_embedding": sd.pop("pos_embed"),
-        "cls_token": sd.pop("cls_token"),
-        "patch_transformer": {
-            f"blocks_{i}": layer(
-                f"blocks.{i}",
-                {
-                    "qkv": sd.linear(f"blocks.{i}.attn.qkv", bias=bias),
-                    "proj_l": sd.linear(f"blocks.{i}.attn.proj_l"),
-                    "proj_w": sd.linear(f"blocks.{i}.attn.proj_w"),
-                },
-            )
-            for i in range(config.depth)
-        },
-        "cls_transformer": {
-            f"blocks_{i}": layer(
-                f"blocks_token_only.{i}",
-                {name: sd.linear(f"blocks_token_only.{i}.attn.{name}", bias=bias) for name in ("q", "k", "v")},
-            )
-            for i in range(config.cls_depth)
-        },
-        "norm": sd.layer_norm("norm"),
-    }
+def timm_table(config: CaiTConfig) -> wt.Table:
+    """timm's ``Cait`` keys <-> the params of ``hf_vit_flax.CaiT``."""
+    check_reference(config, "timm", "a timm Cait")
+    table = [
+        *conv_patch_embedding_table("patch_embed", "patch_embed"),
+        *wt.param("pos_embed", "pos_embedding"),
+        *wt.param("cls_token", "cls_token"),
+    ]
+    for i in range(config.depth):
+        table += layer_table(f"blocks.{i}", f"patch_transformer/blocks_{i}", TIMM_LAYER, config)
+    for i in range(config.cls_depth):
+        table += layer_table(
+            f"blocks_token_only.{i}", f"cls_transformer/blocks_{i}", TIMM_LAYER, config, class_attention=True
+        )
+    table += wt.norm("norm", "norm")
     if config.num_labels > 0:
-        params["head"] = sd.linear("head")
-    sd.finish("timm Cait")
-    return params
+        table += wt.linear("head", "head")
+    return table
+
+
+def convert_timm(state_dict: Mapping[str, np.ndarray], config: CaiTConfig) -> dict:
+    """timm ``Cait`` state dict (numpy) -> the params of ``hf_vit_flax.CaiT`` (unchecked tree)."""
+    return wt.to_flax(to_numpy(state_dict), timm_table(config), what="timm Cait")
+
+
+def export_timm(params: Mapping, config: CaiTConfig) -> dict[str, np.ndarray]:
+    """The params of ``hf_vit_flax.CaiT`` -> a state dict of timm's ``Cait`` (numpy arrays)."""
+    return wt.to_torch(_core_params(params), timm_table(config), what="CaiT")
+
+
+# -- shared ---------------------------------------------------------------------------------------
+
+
+def check_reference(config: CaiTConfig, style: str, what: str, **fixed: Any) -> None:
+    """A ValueError unless ``config`` has the options of ``style`` (and ``fixed``): the reference's layout."""
+    wanted = {**STYLES[style], **fixed}
+    wrong = {name: getattr(config, name) for name, value in wanted.items() if getattr(config, name) != value}
+    if wrong:
+        raise ValueError(
+            f"{what} is a CaiT with the options of style={style!r} ({format_options(wanted)}), but this config has "
+            f"{format_options(wrong)}: use CaiTConfig(style={style!r}, ...)"
+        )
+
+
+def _core_params(params: Mapping) -> Mapping:
+    """The core module's params, also when given as ``{"params": ...}`` (``model.module_params()``)."""
+    return params["params"] if set(params) == {"params"} else params

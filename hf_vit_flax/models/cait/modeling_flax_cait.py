@@ -1,18 +1,21 @@
 """CaiT: "Going deeper with Image Transformers" (Touvron et al., arXiv 2103.17239).
 
-``CaiT`` computes, in one implementation, either of the two PyTorch CaiTs people use (``style``):
+``CaiT`` is one architecture with named variations, as timm's ``Cait`` takes its blocks as arguments:
+patch embedding -> position embedding -> self-attention layers over the patches (talking heads,
+LayerScale) -> class-attention layers that update the class token alone -> LayerNorm -> head on
+the class token. Its options express the two PyTorch CaiTs people use (``style`` names the preset):
 
-* ``"vit_pytorch"`` (default): lucidrains' ``vit_pytorch.cait.CaiT``. Patch LayerNorm -> Linear ->
-  LayerNorm embedding; talking-heads attention in both stacks (bias-free head-mixing matrices before
-  and after the softmax); LayerScale initialised from each layer's index within its stack; the class
-  stack attends to [normed class token, *un-normalised* patch tokens]; layer dropout while training;
-  the head is LayerNorm -> Linear on the class token.
-* ``"timm"``: timm's ``timm.models.cait.Cait`` (the paper's released models). Convolutional patch
-  embedding with bias; talking-heads attention whose mixing layers (``proj_l`` / ``proj_w``) have
-  biases; class attention without talking heads in which only the class token queries the
-  LayerNorm of [class token, patch tokens]; constant LayerScale init (``layer_scale_init``); drop
-  path in the self-attention layers only; a final LayerNorm over [class token, patch tokens] and
-  the head on the class token.
+* lucidrains' ``vit_pytorch.cait.CaiT`` (``style="vit_pytorch"``, the default): patch LayerNorm ->
+  Linear -> LayerNorm embedding (``patch_embedding="norm_linear"``); bias-free head-mixing matrices,
+  with attention dropout before the post-softmax mixing; talking heads in the class-attention layers
+  too (``cls_talking_heads``), which attend to [normed class token, *un-normalised* patch tokens]
+  (``cls_norm_patches=False``) and use dropout (``cls_dropout``); LayerScale initialised from each
+  layer's index within its stack (``layer_scale_init=None``); layer dropout while training.
+* timm's ``timm.models.cait.Cait`` (``style="timm"``, the paper's released models): a convolutional
+  patch embedding with bias; mixing layers ``proj_l`` / ``proj_w`` with biases
+  (``talking_heads_bias``), attention dropout after the mixing; class attention without talking
+  heads, in which the class token queries the LayerNorm of [class token, patch tokens], without
+  dropout; drop path in the self-attention layers only.
 
 Both share the same parameter names, so each converter is a short rename table:
 ``patch_embed``, ``pos_embedding`` (1, patches, dim), ``cls_token`` (1, 1, dim),
@@ -37,21 +40,28 @@ from ...layers import (
     DropPath,
     Features,
     FeedForward,
+    LayerNorm,
     LayerScale,
     LinearHead,
+    NormLayer,
     PatchEmbedding,
     attend,
     check_image,
     gradient_barrier,
-    layer_norm,
     norm_factory,
     pair,
     remat_if,
 )
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from .configuration_cait import CaiTConfig, validate_cait
+from .configuration_cait import STYLES, CaiTConfig, apply_style, check_cait_options
 
 Dtype = Any
+
+# ``weight_init``: how the position embedding, the class token and the talking-heads matrices start.
+INITIALIZERS = {
+    "normal": nn.initializers.normal(1.0),  # vit-pytorch: torch.randn
+    "trunc_normal": nn.initializers.truncated_normal(0.02),  # timm: trunc_normal_(std=.02)
+}
 
 
 def vit_pytorch_layer_scale_init(index: int) -> float:
@@ -133,25 +143,26 @@ class _CaiTAttentionBase(nn.Module):
     dropout: float = 0.0
     attn_dropout: float = 0.0
     qkv_bias: bool = False
-    style: str = "vit_pytorch"
+    # Builds a head-mixing layer (a TalkingHeads partial); None: plain softmax attention.
+    talking_heads: Callable[..., nn.Module] | None = None
+    dropout_before_mixing: bool = True  # vit-pytorch drops attention weights before the post-softmax mixing
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def _dense(self, features: int, **kwargs) -> nn.Dense:
         return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
 
-    def _talking_heads(self) -> tuple[TalkingHeads, TalkingHeads]:
-        timm = self.style == "timm"
-        # vit-pytorch: torch.randn matrices without bias; timm: Linear layers, trunc_normal(std=.02), zero bias.
-        init = nn.initializers.truncated_normal(0.02) if timm else nn.initializers.normal(1.0)
-        make = functools.partial(
-            TalkingHeads, self.heads, use_bias=timm, kernel_init=init, param_dtype=self.param_dtype
-        )
-        return make(name="proj_l"), make(name="proj_w")
+    def _setup_output(self) -> None:
+        """The head mixings (if any), attention dropout and the output projection (the layers after q, k, v)."""
+        if self.talking_heads is not None:
+            self.proj_l, self.proj_w = self.talking_heads(), self.talking_heads()
+        self.attn_drop = nn.Dropout(self.attn_dropout)
+        self.proj = self._dense(self.dim)
+        self.proj_drop = nn.Dropout(self.dropout)
 
-    def _attend(self, q, k, v, deterministic: bool, output_attentions: bool, talking_heads: bool):
+    def _attend(self, q, k, v, deterministic: bool, output_attentions: bool):
         scale = self.dim_head**-0.5
-        if talking_heads:
+        if self.talking_heads is not None:
             return talking_heads_attend(
                 q,
                 k,
@@ -160,7 +171,7 @@ class _CaiTAttentionBase(nn.Module):
                 pre_softmax=self.proj_l,
                 post_softmax=self.proj_w,
                 dropout=self.attn_drop,
-                dropout_before_mixing=self.style == "vit_pytorch",
+                dropout_before_mixing=self.dropout_before_mixing,
                 deterministic=deterministic,
                 return_weights=output_attentions,
             )
@@ -175,24 +186,19 @@ class _CaiTAttentionBase(nn.Module):
 
 
 class TalkingHeadAttention(_CaiTAttentionBase):
-    """Self-attention over the patch tokens with talking heads (both styles), fused ``qkv`` projection.
+    """Self-attention over the patch tokens with a fused ``qkv`` projection (talking heads in both references).
 
     vit-pytorch's separate ``to_q`` / ``to_kv`` of the same normed tokens are stored fused, as timm's ``qkv``.
     """
 
     def setup(self):
         self.qkv = self._dense(3 * self.heads * self.dim_head, use_bias=self.qkv_bias)
-        self.proj_l, self.proj_w = self._talking_heads()
-        self.attn_drop = nn.Dropout(self.attn_dropout)
-        self.proj = self._dense(self.dim)
-        self.proj_drop = nn.Dropout(self.dropout)
+        self._setup_output()
 
     def __call__(self, x, *, deterministic: bool = True, output_attentions: bool = False):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, self.dim_head)
-        out, weights = self._attend(
-            qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], deterministic, output_attentions, talking_heads=True
-        )
+        out, weights = self._attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], deterministic, output_attentions)
         return self._project(out, deterministic), weights
 
 
@@ -208,51 +214,37 @@ class ClassAttention(_CaiTAttentionBase):
         self.q = self._dense(inner, use_bias=self.qkv_bias)
         self.k = self._dense(inner, use_bias=self.qkv_bias)
         self.v = self._dense(inner, use_bias=self.qkv_bias)
-        if self.talking_heads:
-            self.proj_l, self.proj_w = self._talking_heads()
-        self.attn_drop = nn.Dropout(self.attn_dropout)
-        self.proj = self._dense(self.dim)
-        self.proj_drop = nn.Dropout(self.dropout)
-
-    @property
-    def talking_heads(self) -> bool:
-        return self.style == "vit_pytorch"
+        self._setup_output()
 
     def __call__(self, cls, context, *, deterministic: bool = True, output_attentions: bool = False):
         def split(t):
             return t.reshape(t.shape[0], t.shape[1], self.heads, self.dim_head)
 
         q, k, v = split(self.q(cls)), split(self.k(context)), split(self.v(context))
-        out, weights = self._attend(q, k, v, deterministic, output_attentions, talking_heads=self.talking_heads)
+        out, weights = self._attend(q, k, v, deterministic, output_attentions)
         return self._project(out, deterministic), weights
 
 
 class _CaiTBlockBase(nn.Module):
     dim: int
-    heads: int
-    dim_head: int
     mlp_dim: int
+    attention: Callable[..., nn.Module]  # builds the attention layer (a partial of one of the classes above)
+    norm_layer: NormLayer = LayerNorm
     dropout: float = 0.0
-    attn_dropout: float = 0.0
-    qkv_bias: bool = False
-    style: str = "vit_pytorch"
-    layer_norm_eps: float = 1e-5
     layer_scale_init: float = 0.1
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    attention_class: ClassVar[type[_CaiTAttentionBase]]  # set by the subclasses
+    # The positions of ``deterministic`` and ``output_attentions`` in ``__call__`` (self = 0), for nn.remat.
+    static_argnums: ClassVar[tuple[int, ...]]
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.norm1 = layer_norm(self.layer_norm_eps, **kw)
-        self.attn = self.attention_class(
-            self.dim, self.heads, self.dim_head, self.dropout, self.attn_dropout, self.qkv_bias, self.style, **kw
-        )
+        self.norm1 = self.norm_layer()
+        self.attn = self.attention()
         self.ls1 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
-        self.norm2 = layer_norm(self.layer_norm_eps, **kw)
-        self.mlp = FeedForward(self.dim, self.mlp_dim, self.dropout, **kw)
+        self.norm2 = self.norm_layer()
+        self.mlp = FeedForward(self.dim, self.mlp_dim, self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
         self.ls2 = LayerScale(self.dim, self.layer_scale_init, self.param_dtype)
         self.drop_path1 = DropPath(self.drop_path)
         self.drop_path2 = DropPath(self.drop_path)
@@ -266,7 +258,7 @@ class _CaiTBlockBase(nn.Module):
 class LayerScaleBlock(_CaiTBlockBase):
     """A self-attention layer: ``x + ls1(attn(norm1(x)))``, then ``x + ls2(mlp(norm2(x)))``."""
 
-    attention_class = TalkingHeadAttention
+    static_argnums = (2, 3)
 
     def __call__(self, x, deterministic: bool = True, output_attentions: bool = False):
         y, weights = self.attn(self.norm1(x), deterministic=deterministic, output_attentions=output_attentions)
@@ -275,17 +267,22 @@ class LayerScaleBlock(_CaiTBlockBase):
 
 
 class ClassAttentionBlock(_CaiTBlockBase):
-    """A class-attention layer: updates the class token only, from [class token, patch tokens]."""
+    """A class-attention layer: updates the class token only, from [class token, patch tokens].
 
-    attention_class = ClassAttention
+    ``norm_patches``: ``norm1`` normalises the whole sequence and the query is the normed class token
+    (timm); otherwise it normalises the class token only and the patch tokens are appended as they are
+    (vit-pytorch).
+    """
+
+    norm_patches: bool = False
+
+    static_argnums = (3, 4)
 
     def __call__(self, cls, patches, deterministic: bool = True, output_attentions: bool = False):
-        if self.style == "timm":
-            # timm normalises the whole sequence; the query is the normed class token.
+        if self.norm_patches:
             context = self.norm1(jnp.concatenate([cls, patches], axis=1))
             query = context[:, : cls.shape[1]]
         else:
-            # vit-pytorch normalises the class token only, then appends the (un-normalised) patch tokens.
             query = self.norm1(cls)
             context = jnp.concatenate([query, patches], axis=1)
         y, weights = self.attn(query, context, deterministic=deterministic, output_attentions=output_attentions)
@@ -296,53 +293,25 @@ class ClassAttentionBlock(_CaiTBlockBase):
 class CaiTStack(nn.Module):
     """One of CaiT's two stacks (self-attention over patches, or class attention), with layer dropout.
 
-    Layer dropout (vit-pytorch's ``dropout_layers``) skips each whole layer with probability
-    ``layer_dropout`` while training, keeping at least one; the draw comes from the ``'dropout'`` rng on
-    every call (the mask is sown as the ``'intermediates'`` ``kept_layers``). Every layer's parameters exist
-    whatever is dropped. LayerScale starts at
-    ``layer_scale_init`` or, when that is ``None``, at vit-pytorch's value for the layer's index in this stack.
+    ``block`` builds one layer (a partial of ``LayerScaleBlock`` or ``ClassAttentionBlock``) given its
+    LayerScale init: ``layer_scale_init`` or, when that is ``None``, vit-pytorch's value for the layer's
+    index in this stack. Layer dropout (vit-pytorch's ``dropout_layers``) skips each whole layer with
+    probability ``layer_dropout`` while training, keeping at least one; the draw comes from the
+    ``'dropout'`` rng on every call (the mask is sown as the ``'intermediates'`` ``kept_layers``). Every
+    layer's parameters exist whatever is dropped.
     """
 
+    block: Callable[..., nn.Module]
     depth: int
-    dim: int
-    heads: int
-    dim_head: int
-    mlp_dim: int
-    class_attention: bool = False
-    dropout: float = 0.0
-    attn_dropout: float = 0.0
-    qkv_bias: bool = False
-    style: str = "vit_pytorch"
-    layer_norm_eps: float = 1e-5
     layer_scale_init: float | None = None
     layer_dropout: float = 0.0
-    drop_path: float = 0.0
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        if self.class_attention:
-            block = remat_if(ClassAttentionBlock, self.remat, static_argnums=(3, 4))
-        else:
-            block = remat_if(LayerScaleBlock, self.remat, static_argnums=(2, 3))
         self.blocks = [
-            block(
-                self.dim,
-                self.heads,
-                self.dim_head,
-                self.mlp_dim,
-                self.dropout,
-                self.attn_dropout,
-                self.qkv_bias,
-                self.style,
-                self.layer_norm_eps,
+            self.block(
                 layer_scale_init=(
                     vit_pytorch_layer_scale_init(i + 1) if self.layer_scale_init is None else self.layer_scale_init
-                ),
-                drop_path=self.drop_path,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                )
             )
             for i in range(self.depth)
         ]
@@ -369,7 +338,7 @@ class CaiTStack(nn.Module):
         """
 
         def sequence(y):
-            return jnp.concatenate([y, context], axis=1) if self.class_attention else y
+            return y if context is None else jnp.concatenate([y, context], axis=1)
 
         keep = self.kept_layers() if not deterministic and self.layer_dropout > 0 else None
         if keep is not None:
@@ -377,10 +346,10 @@ class CaiTStack(nn.Module):
         hidden_states = (sequence(x),) if output_hidden_states else None
         attentions = () if output_attentions else None
         for i, block in enumerate(self.blocks):
-            if self.class_attention:
-                y, weights = block(x, context, deterministic, output_attentions)
-            else:
+            if context is None:
                 y, weights = block(x, deterministic, output_attentions)
+            else:
+                y, weights = block(x, context, deterministic, output_attentions)
             x = y if keep is None else jnp.where(keep[i], y, x)
             if output_hidden_states:
                 hidden_states += (sequence(x),)
@@ -396,11 +365,15 @@ class CaiT(CoreModule):
     it returns the final normed tokens ``(batch, 1 + patches, dim)`` (class token first). Dropout,
     layer dropout and drop path act only with ``train=True`` and then need a ``'dropout'`` rng.
 
-    Beyond vit-pytorch's arguments: ``channels``, ``layer_norm_eps``, ``style`` (``"vit_pytorch"`` or
-    ``"timm"``, see the module docstring), ``qkv_bias``, ``layer_scale_init`` (``None``: vit-pytorch's rule
-    by layer index), ``cls_mlp_dim`` (default ``mlp_dim``), ``attn_dropout`` (default ``dropout``),
-    ``drop_path_rate`` (self-attention layers), ``remat``, ``dtype``, ``param_dtype``.
-    In ``style="timm"`` the class-attention layers use no dropout, as in timm.
+    Beyond vit-pytorch's arguments: ``channels``, ``layer_norm_eps``, ``qkv_bias``, ``layer_scale_init``
+    (``None``: vit-pytorch's rule by layer index), ``cls_mlp_dim`` (default ``mlp_dim``), ``attn_dropout``
+    (default ``dropout``), ``drop_path_rate`` (self-attention layers), ``head_dropout``, the options that
+    tell vit-pytorch's and timm's CaiT apart (``patch_embedding`` ... ``weight_init``: see
+    :class:`hf_vit_flax.CaiTConfig`), ``remat``, ``dtype``, ``param_dtype``.
+
+    ``style`` (``"vit_pytorch"`` or ``"timm"``) is a preset of those options, expanded once, at construction:
+    the options left ``None`` take its values (without ``style``, vit-pytorch's), and the field then reads
+    ``None``. Nothing below this module knows the presets.
     """
 
     image_size: int | tuple[int, int]
@@ -417,12 +390,20 @@ class CaiT(CoreModule):
     layer_dropout: float = 0.0
     channels: int = 3
     layer_norm_eps: float = 1e-5
-    style: str = "vit_pytorch"
+    style: str | None = None
     qkv_bias: bool = False
     layer_scale_init: float | None = None
     cls_mlp_dim: int | None = None
     attn_dropout: float | None = None
     drop_path_rate: float = 0.0
+    head_dropout: float = 0.0
+    patch_embedding: str | None = None
+    talking_heads_bias: bool | None = None
+    attn_dropout_before_mixing: bool | None = None
+    cls_talking_heads: bool | None = None
+    cls_norm_patches: bool | None = None
+    cls_dropout: bool | None = None
+    weight_init: str | None = None
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -430,66 +411,80 @@ class CaiT(CoreModule):
     head_class = LinearHead
     config_class = CaiTConfig
 
+    def __post_init__(self):
+        # The preset, expanded into its options once (the per-field checks of CoreModule then see them).
+        names = ("style", *STYLES["vit_pytorch"])
+        for name, value in {"style": None, **apply_style({n: getattr(self, n) for n in names})}.items():
+            object.__setattr__(self, name, value)
+        super().__post_init__()
+
     def setup(self):
-        validate_cait(
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            dim=self.dim,
-            depth=self.depth,
-            cls_depth=self.cls_depth,
-            heads=self.heads,
-            mlp_dim=self.mlp_dim,
-            dim_head=self.dim_head,
-            channels=self.channels,
-            style=self.style,
-            cls_mlp_dim=self.cls_mlp_dim,
-            layer_scale_init=self.layer_scale_init,
-            layer_norm_eps=self.layer_norm_eps,
-        )
+        check_cait_options(self)
         (height, width), patch_size = pair(self.image_size), pair(self.patch_size)
         num_patches = (height // patch_size[0]) * (width // patch_size[1])
-        timm = self.style == "timm"
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm_layer = norm_factory(self.layer_norm_eps, **kw)
+        init = INITIALIZERS[self.weight_init]
 
-        if timm:
+        if self.patch_embedding == "conv":
             self.patch_embed = ConvPatchEmbedding(self.dim, patch_size, **kw)
         else:
-            self.patch_embed = PatchEmbedding(self.dim, patch_size, norm_factory(self.layer_norm_eps, **kw), **kw)
-        # vit-pytorch: torch.randn; timm: trunc_normal(std=.02). Position embeddings cover the patches only.
-        init = nn.initializers.truncated_normal(0.02) if timm else nn.initializers.normal(1.0)
+            self.patch_embed = PatchEmbedding(self.dim, patch_size, norm_layer, **kw)
+        # Position embeddings cover the patches only: the class token joins after the patch stack.
         self.pos_embedding = self.param("pos_embedding", init, (1, num_patches, self.dim), self.param_dtype)
         self.cls_token = self.param("cls_token", init, (1, 1, self.dim), self.param_dtype)
         self.emb_drop = nn.Dropout(self.emb_dropout)
 
-        stack = functools.partial(
-            CaiTStack,
-            dim=self.dim,
-            heads=self.heads,
-            dim_head=self.dim_head,
-            qkv_bias=self.qkv_bias,
-            style=self.style,
-            layer_norm_eps=self.layer_norm_eps,
-            layer_scale_init=self.layer_scale_init,
-            layer_dropout=self.layer_dropout,
-            remat=self.remat,
-            **kw,
+        def stack(block_class, attention_class, depth, *, dropout, attn_dropout, talking_heads, **block_options):
+            attention = functools.partial(
+                attention_class,
+                self.dim,
+                self.heads,
+                self.dim_head,
+                dropout=dropout,
+                attn_dropout=attn_dropout,
+                qkv_bias=self.qkv_bias,
+                talking_heads=talking_heads,
+                dropout_before_mixing=self.attn_dropout_before_mixing,
+                **kw,
+            )
+            block = functools.partial(
+                remat_if(block_class, self.remat, block_class.static_argnums),
+                attention=attention,
+                norm_layer=norm_layer,
+                dim=self.dim,
+                dropout=dropout,
+                **block_options,
+                **kw,
+            )
+            return CaiTStack(block, depth, layer_scale_init=self.layer_scale_init, layer_dropout=self.layer_dropout)
+
+        talking_heads = functools.partial(
+            TalkingHeads, self.heads, use_bias=self.talking_heads_bias, kernel_init=init, param_dtype=self.param_dtype
         )
         attn_dropout = self.dropout if self.attn_dropout is None else self.attn_dropout
         self.patch_transformer = stack(
+            LayerScaleBlock,
+            TalkingHeadAttention,
             self.depth,
             mlp_dim=self.mlp_dim,
             dropout=self.dropout,
             attn_dropout=attn_dropout,
+            talking_heads=talking_heads,
             drop_path=self.drop_path_rate,
         )
         self.cls_transformer = stack(
+            ClassAttentionBlock,
+            ClassAttention,
             self.cls_depth,
             mlp_dim=self.cls_mlp_dim or self.mlp_dim,
-            class_attention=True,
-            dropout=0.0 if timm else self.dropout,
-            attn_dropout=0.0 if timm else attn_dropout,
+            dropout=self.dropout if self.cls_dropout else 0.0,
+            attn_dropout=attn_dropout if self.cls_dropout else 0.0,
+            talking_heads=talking_heads if self.cls_talking_heads else None,
+            norm_patches=self.cls_norm_patches,
         )
-        self.norm = layer_norm(self.layer_norm_eps, **kw)
+        self.norm = norm_layer()
+        self.head_drop = nn.Dropout(self.head_dropout)
         self.setup_head()
 
     def forward_features(
@@ -516,7 +511,7 @@ class CaiT(CoreModule):
             hidden_states += cls_hidden_states[1:]
         if output_attentions:
             attentions += cls_attentions
-        return Features(x, x[:, 0], hidden_states, attentions)
+        return Features(x, self.head_drop(x[:, 0], deterministic=not train), hidden_states, attentions)
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickletools
 import zipfile
@@ -331,3 +332,27 @@ def resample_abs_pos_embed(
         grid = np.asarray(resized, dtype=np.float32).reshape(-1, dim)
     out = np.concatenate([prefix, grid], axis=0)
     return out[None] if squeeze else out
+
+
+def image_size_from_patches(num_patches: int, patch_size: tuple[int, int], what: str, image_size=None):
+    """The image size of a vit-pytorch module that only holds its patch count (in its position embedding).
+
+    ``image_size`` (int or (height, width)), when given, must give ``num_patches`` patches; otherwise
+    the grid must be square. Returns an int for a square image of square patches, else (height, width).
+    """
+    patch_h, patch_w = patch_size
+    if image_size is not None:
+        height, width = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if (height // patch_h) * (width // patch_w) != num_patches:
+            raise ValueError(
+                f"image_size={image_size!r} gives {(height // patch_h) * (width // patch_w)} patches of "
+                f"{patch_h}x{patch_w}, but this {what} has position embeddings for {num_patches}"
+            )
+        return height if height == width and not isinstance(image_size, (list, tuple)) else (height, width)
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f"the image size of this {what} cannot be read from the module ({num_patches} patches of "
+            f"{patch_h}x{patch_w}, not a square grid): pass image_size=(height, width)"
+        )
+    return side * patch_h if patch_h == patch_w else (side * patch_h, side * patch_w)

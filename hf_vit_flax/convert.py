@@ -32,7 +32,7 @@ def _vit_pytorch_family(module: Any) -> Family:
 
 
 def from_vit_pytorch(
-    model_or_state_dict: Any, config: VisionTransformerConfig | None = None
+    model_or_state_dict: Any, config: VisionTransformerConfig | None = None, *, image_size=None
 ) -> FlaxVisionPreTrainedModel:
     """Port a vit-pytorch model to the matching ``Flax<Family>ForImageClassification``.
 
@@ -41,7 +41,10 @@ def from_vit_pytorch(
             and config are read off it, or its ``state_dict()`` (tensors or numpy arrays), which
             needs ``config``.
         config: the family's config (``ViTConfig(...)``); required with a state dict, optional
-            with a module (e.g. for a rectangular image size the module cannot tell).
+            with a module.
+        image_size: int or (height, width), with a module whose image size it cannot tell: a
+            rectangular grid of patches (ViT, CaiT, CrossViT), or any size CrossFormer takes (its
+            windows must divide every stage's feature map; 224 by default).
 
     Returns the classification model holding the same weights; a vit-pytorch model built with
     ``num_classes=0`` comes back as the headless ``Flax<Family>Model``.
@@ -49,7 +52,10 @@ def from_vit_pytorch(
     if hasattr(model_or_state_dict, "state_dict"):
         family = _vit_pytorch_family(model_or_state_dict)
         if config is None:
-            config = family.config_from_vit_pytorch(model_or_state_dict)
+            size = {"image_size": image_size} if image_size is not None else {}
+            config = family.config_from_vit_pytorch(model_or_state_dict, **size)
+        elif image_size is not None:
+            raise ValueError("give the image size in the config or as image_size=, not both")
         state_dict = model_or_state_dict.state_dict()
     elif isinstance(model_or_state_dict, Mapping):
         if config is None:

@@ -88,3 +88,14 @@ def test_vit_pytorch_export_names_timm_options(tmp_path):
     model.config.qkv_bias = True
     with pytest.raises(NotImplementedError, match="qkv_bias=True"):
         hf_vit_flax.export_vit_pytorch(model, tmp_path)
+
+
+def test_image_size_the_module_cannot_tell():
+    kwargs = PARITY_CONFIGS["rect-image-and-patch"]  # 32x48 in 8x12 patches: a 4x4 grid, as 48x36 would be
+    original = randomize_(vit_pytorch.vit.ViT(**kwargs), seed=7).eval()
+    model = hf_vit_flax.from_vit_pytorch(original, image_size=(32, 48))
+    assert model.config.image_size_hw == (32, 48)
+    pixels = images(2, 32, 48, seed=3)
+    assert_parity(np.asarray(model(pixels).logits), torch_logits(original, pixels))
+    with pytest.raises(ValueError, match="gives 6 patches"):
+        hf_vit_flax.from_vit_pytorch(original, image_size=(24, 24))

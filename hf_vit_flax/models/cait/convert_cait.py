@@ -24,14 +24,13 @@ each apart (``q``, ``k``, ``v``); ``_regroup_projections`` and ``_ungroup_projec
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ... import weight_tables as wt
-from ...conversion_utils import to_numpy
+from ...conversion_utils import image_size_from_patches, to_numpy
 from ...layers import block_table, conv_patch_embedding_table, patch_embedding_table
 from .configuration_cait import STYLES, CaiTConfig, format_options
 
@@ -104,21 +103,12 @@ def layer_table(
     return table
 
 
-def _square_image_size(num_patches: int, patch_h: int, patch_w: int, what: str):
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(
-            f"the image size of this {what} cannot be read from the module ({num_patches} patches of "
-            f"{patch_h}x{patch_w}, not a square grid): pass config=CaiTConfig(image_size=(height, width), ...)"
-        )
-    return side * patch_h if patch_h == patch_w else (side * patch_h, side * patch_w)
-
-
 # -- vit-pytorch --------------------------------------------------------------------------------------
 
 
-def config_from_vit_pytorch(model: Any) -> CaiTConfig:
-    """Read a ``CaiTConfig`` off a live ``vit_pytorch.cait.CaiT`` (duck-typed: torch is never imported here)."""
+def config_from_vit_pytorch(model: Any, image_size=None) -> CaiTConfig:
+    """Read a ``CaiTConfig`` off a live ``vit_pytorch.cait.CaiT`` (duck-typed: torch is never imported here);
+    ``image_size`` for a non-square one, whose size the module cannot tell."""
     rearrange, patch_norm = model.to_patch_embedding[0], model.to_patch_embedding[1]
     lengths = dict(rearrange.axes_lengths)
     patch_h, patch_w = int(lengths["p1"]), int(lengths["p2"])
@@ -126,7 +116,7 @@ def config_from_vit_pytorch(model: Any) -> CaiTConfig:
     first = model.patch_transformer.layers[0]
     attention, feed_forward = first[0].fn, first[1].fn
     return CaiTConfig(
-        image_size=_square_image_size(num_patches, patch_h, patch_w, "vit-pytorch CaiT"),
+        image_size=image_size_from_patches(num_patches, (patch_h, patch_w), "vit-pytorch CaiT", image_size),
         patch_size=patch_h if patch_h == patch_w else (patch_h, patch_w),
         num_classes=model.mlp_head[1].out_features,
         dim=dim,

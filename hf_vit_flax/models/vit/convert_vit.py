@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ... import weight_tables as wt
-from ...conversion_utils import resample_abs_pos_embed
+from ...conversion_utils import image_size_from_patches, resample_abs_pos_embed
 from ...layers import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -40,24 +40,19 @@ from ...layers import (
 from .configuration_vit import ViTConfig
 
 
-def config_from_vit_pytorch(model: Any) -> ViTConfig:
-    """Read a ``ViTConfig`` off a live ``vit_pytorch.vit.ViT`` (duck-typed: torch is never imported here)."""
+def config_from_vit_pytorch(model: Any, image_size=None) -> ViTConfig:
+    """Read a ``ViTConfig`` off a live ``vit_pytorch.vit.ViT`` (duck-typed: torch is never imported here);
+    ``image_size`` for a non-square one, whose size the module cannot tell."""
     to_patch = model.to_patch_embedding
     patch_h, patch_w = model.patch_size
     patch_dim = to_patch[1].normalized_shape[0]
     num_tokens, dim = model.pos_embedding.shape
     num_cls = model.cls_token.shape[0]
-    num_patches = num_tokens - num_cls
-    side = math.isqrt(num_patches)
-    if side * side != num_patches:
-        raise ValueError(
-            f"the image size of this vit-pytorch ViT cannot be read from the module ({num_patches} patches of "
-            f"{patch_h}x{patch_w}, not a square grid): pass config=ViTConfig(image_size=(height, width), ...)"
-        )
+    image_size = image_size_from_patches(num_tokens - num_cls, (patch_h, patch_w), "vit-pytorch ViT", image_size)
     layers = model.transformer.layers
     attention, feed_forward = layers[0][0], layers[0][1]
     return ViTConfig(
-        image_size=(side * patch_h, side * patch_w) if patch_h != patch_w else side * patch_h,
+        image_size=image_size,
         patch_size=(patch_h, patch_w) if patch_h != patch_w else patch_h,
         num_classes=model.mlp_head.out_features if model.mlp_head is not None else 0,
         dim=dim,

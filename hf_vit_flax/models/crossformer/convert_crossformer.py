@@ -37,7 +37,7 @@ import numpy as np
 
 from ... import weight_tables as wt
 from ...conversion_utils import read_state_dict, to_numpy
-from ...layers.transformer import TIMM_BLOCK, block_table
+from ...layers import TIMM_BLOCK, block_table
 from .configuration_crossformer import PRESETS, CrossFormerConfig, expand_options
 from .geometry import NUM_STAGES
 
@@ -46,10 +46,6 @@ ORIGINAL_BUFFERS = ("attn.biases", "attn.relative_position_index")
 # ImageNet normalisation (timm's IMAGENET_DEFAULT_MEAN / STD), used to train the released models.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _differences(options: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    return [f"{name}={options[name]!r} (needs {value!r})" for name, value in wanted.items() if options[name] != value]
 
 
 # -- shared pieces ------------------------------------------------------------------------------------
@@ -85,6 +81,11 @@ POINTWISE = wt.Transform(
     lambda w: np.ascontiguousarray(w.reshape(w.shape[0], w.shape[1]).T),
     lambda k: np.ascontiguousarray(k.T[:, :, None, None]),
 )
+
+
+def _differences(options: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """``name=value (needs wanted)`` for each option that is not the wanted value."""
+    return [f"{name}={options[name]!r} (needs {value!r})" for name, value in wanted.items() if options[name] != value]
 
 
 def pointwise(torch: str, flax: str, bias: bool = True) -> wt.Table:

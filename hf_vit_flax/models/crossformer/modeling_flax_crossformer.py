@@ -1,30 +1,46 @@
 """CrossFormer: "CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention"
 (Wang et al., arXiv 2108.00154).
 
-``CrossFormer`` computes, in eval mode, the same function as either reference, chosen by ``style``:
+One architecture: per stage a cross-scale embedding (convolutions of several kernel sizes, same stride,
+explicit symmetric padding ``(k - s) // 2``, concatenated on channels), then blocks alternating
+short-distance (contiguous windows) and long-distance (tokens sampled at an interval) attention with a
+dynamic position bias, each followed by a feed-forward layer; mean pooling, Linear head. Exact GELU,
+PyTorch's LayerNorm. The two references differ in named options (``CrossFormerConfig`` documents each):
 
-* ``"vit_pytorch"`` (default): lucidrains' vit-pytorch ``vit_pytorch.crossformer.CrossFormer``.
-  Per stage a cross-scale embedding (convolutions of several kernel sizes, same stride, explicit
-  symmetric padding ``(k - s) // 2``, concatenated on channels), then pairs of short-distance
-  (contiguous windows) and long-distance (tokens sampled at an interval) attention, each followed by
-  a feed-forward layer. Channel LayerNorm (biased variance, eps 1e-5), no qkv bias, a dynamic position
-  bias shared by the heads (vit-pytorch evaluates its MLP on the offsets ``-w..w`` and indexes that
-  ``(2w+1)^2`` table with the ``(2w-1)``-stride index; reproduced as is), mean pooling, Linear head.
-* ``"original"``: the authors' v1 release (cheerss/CrossFormer), whose CrossFormer-T/S/B/L
-  checkpoints load with :func:`hf_vit_flax.from_crossformer_checkpoint`. LayerNorm after the first
-  embedding and before each patch merging, qkv bias, a per-head dynamic position bias MLP of width
-  ``dim // 16`` over the ``(2G-1)^2`` offsets (Swin's relative index), blocks alternating short and
-  long distance, a whole-map group once a map is no larger than the group size, stochastic depth,
-  final LayerNorm, token mean, Linear head.
+* lucidrains' vit-pytorch ``vit_pytorch.crossformer.CrossFormer``: no qkv bias, one position bias shared
+  by the heads from an MLP of width ``dim // 4``, evaluated on the offsets ``-w..w`` and read with the
+  ``(2w-1)``-stride index (``position_bias_wide_table``: its function, kept as is), no other norms.
+* the authors' v1 release (cheerss/CrossFormer), whose CrossFormer-T/S/B/L checkpoints load with
+  :func:`hf_vit_flax.from_crossformer_checkpoint`: qkv bias, a per-head position bias of width
+  ``dim // 16`` over the ``(2G-1)^2`` offsets (Swin's relative index), a LayerNorm after the first
+  embedding (``stem_norm``) and before each patch merging (``merge_norm``), a whole-map group once a map
+  is no larger than the group (``whole_map_group``), a final LayerNorm (``final_norm``), its ``drop_rate``
+  after the embedding and each attention (``embed_dropout``, ``proj_dropout``).
 
-Exact GELU and LayerNorm eps 1e-5 in both. Images are NHWC; the model takes any size its windows
-tile (multiples of 224 at the defaults) and says which sizes work otherwise. The Hugging Face
-classes at the bottom are config-driven shells around the same module.
+Presets, and what ``depth`` counts (the decision). ``style`` is not a model option: it names a preset,
+``"vit_pytorch"`` (the default), ``"original"`` or None (no preset), which the config and the seed-style
+constructor expand ONCE, with :func:`expand_options`, into the named options. vit-pytorch's ``depth``
+counts (short, long) attention pairs; the release's counts blocks. The ``"vit_pytorch"`` preset reads
+``depth`` as vit-pytorch does and doubles it into blocks. So the seed README's call
+``CrossFormer(num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), ...)`` still computes
+vit-pytorch's function, and a config.json saved with ``"style": "vit_pytorch"`` and a pair count loads
+into the same model. ``CrossFormer.__post_init__`` performs the expansion when the module is built,
+so the fields of a ``CrossFormer`` instance always hold the expanded options: ``depth`` counts blocks,
+``heads`` and ``dim_head`` are per stage, every named option is set and ``style`` is None (building a
+module from those fields, as flax does when it clones one, expands nothing again).
+``CrossFormerConfig.to_module_kwargs()`` returns the same expanded options (``style=None``). No module
+below ``CrossFormer`` sees a preset, and none has a field whose meaning depends on another.
+
+Images are NHWC; the model takes any size its windows tile (multiples of 224 at the defaults) and says
+which sizes work otherwise. The Hugging Face classes at the bottom are config-driven shells around the
+same module.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -37,38 +53,34 @@ from ...layers import (
     DropPath,
     Features,
     FeedForward,
+    LayerNorm,
     LinearHead,
+    NormLayer,
     attend,
     check_image,
     flatten_tokens,
     gradient_barrier,
-    layer_norm,
+    norm_factory,
     remat_if,
 )
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from .configuration_crossformer import (
-    CrossFormerConfig,
-    block_grouping,
-    check_image_size,
-    cross_embed_dims,
-    kernel_sizes_per_stage,
-    per_stage,
-    stage_windows,
-    validate_architecture,
-)
+from .configuration_crossformer import CrossFormerConfig, expand_options
+from .geometry import Geometry, cross_embed_dims, group_of
 
 Dtype = Any
+ModuleFactory = Callable[..., nn.Module]
 
 
 # -- position bias tables (static, numpy) -----------------------------------------------------------
 
 
-def relative_offsets(window: int, style: str) -> np.ndarray:
+def relative_offsets(window: int, wide_table: bool = False) -> np.ndarray:
     """The 2-d offsets the position-bias MLP is evaluated on, row-major over (dy, dx).
 
-    original: ``-(G-1)..G-1`` ((2G-1)^2 offsets); vit-pytorch: ``-w..w`` ((2w+1)^2 offsets).
+    ``-(w-1)..w-1`` (the ``(2w-1)^2`` offsets within a window, the original); ``wide_table``: ``-w..w``
+    (``(2w+1)^2`` offsets, vit-pytorch).
     """
-    reach = window - 1 if style == "original" else window
+    reach = window if wide_table else window - 1
     pos = np.arange(-reach, reach + 1)
     grid = np.stack(np.meshgrid(pos, pos, indexing="ij"))
     return grid.reshape(2, -1).T.astype(np.float32)
@@ -92,22 +104,22 @@ def relative_position_index(window: int) -> np.ndarray:
 class CrossEmbedLayer(nn.Module):
     """Cross-scale embedding: one convolution per kernel size (smallest first), same stride, concatenated.
 
-    ``norm``: None (vit-pytorch), ``"after"`` (the original's patch embedding) or ``"before"`` (the
-    original's patch merging, whose LayerNorm precedes the convolutions).
+    ``norm``: None, ``"after"`` (the original's patch embedding) or ``"before"`` (the original's patch
+    merging, whose LayerNorm precedes the convolutions).
     """
 
     dim_out: int
     kernel_sizes: tuple[int, ...]
     stride: int
     norm: str | None = None
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         if self.norm == "before":
-            x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
+            x = self.norm_layer(name="norm")(x)
         kernels = sorted(self.kernel_sizes)
         maps = []
         for j, (kernel, dim) in enumerate(zip(kernels, cross_embed_dims(self.dim_out, len(kernels)), strict=True)):
@@ -124,7 +136,7 @@ class CrossEmbedLayer(nn.Module):
             maps.append(conv(x))
         x = jnp.concatenate(maps, axis=-1)
         if self.norm == "after":
-            x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
+            x = self.norm_layer(name="norm")(x)
         return x
 
 
@@ -132,50 +144,52 @@ class NormReluLinear(nn.Module):
     """LayerNorm -> ReLU -> Linear, one step of the position-bias MLP."""
 
     features: int
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x))
+        x = nn.relu(self.norm_layer(name="norm")(x))
         return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
 class DynamicPositionBias(nn.Module):
-    """The paper's dynamic position bias: an MLP from a 2-d offset to a bias (one per head, or one shared).
+    """The paper's dynamic position bias: an MLP from a 2-d offset to a bias, one per head or one shared.
 
-    ``pos_proj`` Linear(2, width), then three [LayerNorm, ReLU, Linear] (the last to ``out_features``);
-    both references have this structure (vit-pytorch: width ``dim // 4``, one output; original:
-    width ``dim // 16``, one output per head).
+    ``pos_proj`` Linear(2, width), then three [LayerNorm, ReLU, Linear] (the last to ``out_features``),
+    evaluated on the offsets of a window and gathered into ``(out_features, tokens, tokens)``.
     """
 
     width: int
     out_features: int
-    layer_norm_eps: float = 1e-5
+    wide_table: bool = False
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, offsets):
-        kw = dict(layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+    def __call__(self, window: int):
+        kw = dict(norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype)
+        offsets = jnp.asarray(relative_offsets(window, self.wide_table), self.dtype)
         x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="pos_proj")(offsets)
         x = NormReluLinear(self.width, **kw, name="pos1")(x)
         x = NormReluLinear(self.width, **kw, name="pos2")(x)
-        return NormReluLinear(self.out_features, **kw, name="pos3")(x)
+        table = NormReluLinear(self.out_features, **kw, name="pos3")(x)  # (offsets, out_features)
+        return table[relative_position_index(window)].transpose(2, 0, 1)
 
 
 class CrossFormerAttention(nn.Module):
-    """Multi-head self-attention within groups of ``window x window`` tokens, plus the dynamic position bias."""
+    """Multi-head self-attention within groups of ``window x window`` tokens, plus the dynamic position bias
+    (``position_bias``: a :class:`DynamicPositionBias` factory)."""
 
     dim: int
     heads: int
     dim_head: int
     qkv_bias: bool
-    style: str
+    position_bias: ModuleFactory
     attn_dropout: float = 0.0
     proj_dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -186,15 +200,7 @@ class CrossFormerAttention(nn.Module):
         qkv = dense(3 * self.heads * self.dim_head, use_bias=self.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(groups, tokens, 3, self.heads, self.dim_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-        shared = self.style == "vit_pytorch"
-        width = self.dim // 4 if shared else self.dim // 16
-        pos = DynamicPositionBias(
-            width, 1 if shared else self.heads, self.layer_norm_eps, self.dtype, self.param_dtype, name="pos"
-        )
-        table = pos(jnp.asarray(relative_offsets(window, self.style), self.dtype))  # (offsets, 1 | heads)
-        bias = table[relative_position_index(window)].transpose(2, 0, 1)  # (1 | heads, tokens, tokens)
-
+        bias = self.position_bias(name="pos")(window)  # (heads | 1, tokens, tokens)
         out, weights = attend(
             q,
             k,
@@ -233,45 +239,34 @@ def ungroup_tokens(x: jax.Array, kind: str, window: int, shape: tuple[int, ...])
 
 
 class CrossFormerBlock(nn.Module):
-    """``x + attn(norm1(x))`` over short- or long-distance groups, then ``x + mlp(norm2(x))``; NHWC maps."""
+    """``x + attn(norm1(x))`` over short- or long-distance groups, then ``x + mlp(norm2(x))``; NHWC maps.
+
+    ``attention``: a :class:`CrossFormerAttention` factory; ``whole_map_group``: see ``geometry.group_of``.
+    """
 
     dim: int
-    heads: int
-    dim_head: int
     mlp_dim: int
     kind: str  # 'short' or 'long'
     window: int
-    style: str
-    qkv_bias: bool
-    attn_dropout: float = 0.0
+    attention: ModuleFactory
+    whole_map_group: bool = False
     ff_dropout: float = 0.0
     drop_path: float = 0.0
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.norm1 = layer_norm(self.layer_norm_eps, **kw)
-        self.attn = CrossFormerAttention(
-            self.dim,
-            self.heads,
-            self.dim_head,
-            self.qkv_bias,
-            self.style,
-            self.attn_dropout,
-            proj_dropout=self.ff_dropout if self.style == "original" else 0.0,
-            layer_norm_eps=self.layer_norm_eps,
-            **kw,
-        )
-        self.norm2 = layer_norm(self.layer_norm_eps, **kw)
+        self.norm1 = self.norm_layer()
+        self.attn = self.attention()
+        self.norm2 = self.norm_layer()
         # The shared feed-forward also drops after fc2 when training (vit-pytorch does not; eval is identical).
-        self.mlp = FeedForward(self.dim, self.mlp_dim, self.ff_dropout, **kw)
+        self.mlp = FeedForward(self.dim, self.mlp_dim, self.ff_dropout, dtype=self.dtype, param_dtype=self.param_dtype)
         self.drop_path_layer = DropPath(self.drop_path)
 
     def __call__(self, x, deterministic: bool = True, output_attentions: bool = False):
         _, height, width, _ = x.shape
-        kind, window = block_grouping(self.style, self.kind, self.window, height, width)
+        kind, window = group_of(self.kind, self.window, height, width, self.whole_map_group)
         y = group_tokens(self.norm1(x), kind, window)
         y, weights = self.attn(y, window, deterministic=deterministic, output_attentions=output_attentions)
         x = x + self.drop_path_layer(ungroup_tokens(y, kind, window, x.shape), deterministic=deterministic)
@@ -284,51 +279,24 @@ class CrossFormerBlock(nn.Module):
 
 
 class CrossFormerStage(nn.Module):
-    """A cross-scale embedding (or patch merging), then the stage's blocks."""
+    """A cross-scale embedding (or patch merging), then the stage's blocks, one per entry of ``windows``.
 
-    dim: int
-    heads: int
-    dim_head: int
-    mlp_dim: int
-    depth: int
-    local_window_size: int
-    global_window_size: int
-    kernel_sizes: tuple[int, ...]
-    stride: int
-    embed_norm: str | None
-    style: str
-    qkv_bias: bool
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    drop_path_rates: tuple[float, ...] = ()
+    ``embed_layer``: a :class:`CrossEmbedLayer` factory; ``block_layer``: a :class:`CrossFormerBlock` factory
+    taking each block's ``kind``, ``window`` and ``drop_path``.
+    """
+
+    embed_layer: ModuleFactory
+    block_layer: ModuleFactory
+    windows: tuple[tuple[str, int], ...]
+    drop_path_rates: tuple[float, ...]
     embed_dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(layer_norm_eps=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype)
-        self.embed = CrossEmbedLayer(self.dim, self.kernel_sizes, self.stride, self.embed_norm, **kw)
+        self.embed = self.embed_layer()
         self.embed_drop = nn.Dropout(self.embed_dropout)
-        block = remat_if(CrossFormerBlock, self.remat)
-        windows = stage_windows(self.style, self.depth, self.local_window_size, self.global_window_size)
         self.blocks = [
-            block(
-                self.dim,
-                self.heads,
-                self.dim_head,
-                self.mlp_dim,
-                kind,
-                window,
-                self.style,
-                self.qkv_bias,
-                self.attn_dropout,
-                self.ff_dropout,
-                self.drop_path_rates[j] if self.drop_path_rates else 0.0,
-                **kw,
-            )
-            for j, (kind, window) in enumerate(windows)
+            self.block_layer(kind=kind, window=window, drop_path=rate)
+            for (kind, window), rate in zip(self.windows, self.drop_path_rates, strict=True)
         ]
 
     def __call__(self, x, *, deterministic: bool = True, output_attentions: bool = False):
@@ -343,12 +311,16 @@ class CrossFormerStage(nn.Module):
 
 
 class CrossFormer(CoreModule):
-    """CrossFormer with vit-pytorch's constructor arguments (plus the options of the original release); NHWC.
+    """CrossFormer with vit-pytorch's constructor arguments and the options of the original release; NHWC.
 
     ``CrossFormer(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with
     ``num_classes <= 0`` the pooled features ``(batch, dim[-1])``. Dropout and stochastic depth are
     active only with ``train=True`` and then need a ``'dropout'`` rng. The options are those of
     :class:`hf_vit_flax.CrossFormerConfig` (which documents each); per-stage values are an int or 4 values.
+
+    ``style`` is the preset the arguments are read in (default ``"vit_pytorch"``: ``depth`` counts
+    vit-pytorch's (short, long) pairs); it is expanded when the module is built, after which the fields
+    hold the expanded options (``depth`` in blocks, ``style`` None). See the module docstring.
     """
 
     headless_output = "pooler_output"
@@ -363,13 +335,22 @@ class CrossFormer(CoreModule):
     attn_dropout: float = 0.0
     ff_dropout: float = 0.0
     channels: int = 3
-    style: str = "vit_pytorch"
+    style: str | None = "vit_pytorch"
     heads: Any = None
-    dim_head: int = 32
+    dim_head: Any = 32
     mlp_ratio: float = 4.0
     qkv_bias: bool | None = None
     drop_path_rate: float = 0.0
     layer_norm_eps: float = 1e-5
+    position_bias_reduction: int | None = None
+    position_bias_per_head: bool | None = None
+    position_bias_wide_table: bool | None = None
+    stem_norm: bool | None = None
+    merge_norm: bool | None = None
+    final_norm: bool | None = None
+    whole_map_group: bool | None = None
+    proj_dropout: float | None = None
+    embed_dropout: float | None = None
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -377,80 +358,87 @@ class CrossFormer(CoreModule):
     head_class = LinearHead
     config_class = CrossFormerConfig
 
-    def _architecture(self) -> dict[str, Any]:
-        return dict(
-            style=self.style,
-            depth=per_stage(self.depth, "depth"),
-            local_window_size=per_stage(self.local_window_size, "local_window_size"),
-            global_window_size=per_stage(self.global_window_size, "global_window_size"),
-            cross_embed_kernel_sizes=kernel_sizes_per_stage(self.cross_embed_kernel_sizes),
-            cross_embed_strides=per_stage(self.cross_embed_strides, "cross_embed_strides"),
-        )
+    def __post_init__(self):
+        # The per-field errors on the arguments as given, then the preset, expanded once into the fields.
+        names = {f.name for f in dataclasses.fields(self)}
+        for name, check in self.config_class.field_checks.items():
+            if name in names:
+                check(name, getattr(self, name))
+        for name, value in expand_options(self).items():
+            object.__setattr__(self, name, value)
+        super().__post_init__()
+
+    @classmethod
+    def kwargs_from_config(cls, config) -> dict:
+        """The config's fields with its preset expanded (``style=None``: every option explicit)."""
+        return {**super().kwargs_from_config(config), **expand_options(config)}
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self)
 
     def setup(self):
-        validate_architecture(
-            style=self.style,
-            dim=self.dim,
-            depth=self.depth,
-            global_window_size=self.global_window_size,
-            local_window_size=self.local_window_size,
-            cross_embed_kernel_sizes=self.cross_embed_kernel_sizes,
-            cross_embed_strides=self.cross_embed_strides,
-            channels=self.channels,
-            heads=self.heads,
-            dim_head=self.dim_head,
-            mlp_ratio=self.mlp_ratio,
-            layer_norm_eps=self.layer_norm_eps,
-        )
-        arch = self._architecture()
-        dims = per_stage(self.dim, "dim")
-        original = self.style == "original"
-        qkv_bias = original if self.qkv_bias is None else bool(self.qkv_bias)
-        if self.heads is None:  # vit-pytorch: heads of width dim_head
-            heads = tuple(d // self.dim_head for d in dims)
-            dim_heads = (self.dim_head,) * len(dims)
-        else:  # the original: num_heads heads splitting dim
-            heads = per_stage(self.heads, "heads")
-            dim_heads = tuple(d // h for d, h in zip(dims, heads, strict=True))
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm_layer = norm_factory(self.layer_norm_eps, **kw)
+        block_class = remat_if(CrossFormerBlock, self.remat)
         # Stochastic depth grows linearly over all blocks of all stages (torch.linspace(0, rate, n)).
-        num_blocks = [len(stage_windows(self.style, d, 1, 1)) for d in arch["depth"]]
-        total = sum(num_blocks)
-        rates = [self.drop_path_rate * t / max(total - 1, 1) if original else 0.0 for t in range(total)]
-        self.stages = [
-            CrossFormerStage(
-                dims[i],
-                heads[i],
-                dim_heads[i],
-                int(dims[i] * self.mlp_ratio),
-                arch["depth"][i],
-                arch["local_window_size"][i],
-                arch["global_window_size"][i],
-                arch["cross_embed_kernel_sizes"][i],
-                arch["cross_embed_strides"][i],
-                embed_norm=None if not original else ("after" if i == 0 else "before"),
-                style=self.style,
-                qkv_bias=qkv_bias,
-                attn_dropout=self.attn_dropout,
-                ff_dropout=self.ff_dropout,
-                drop_path_rates=tuple(rates[sum(num_blocks[:i]) : sum(num_blocks[: i + 1])]),
-                # the original's pos_drop (its drop_rate) after the patch embedding
-                embed_dropout=self.ff_dropout if original and i == 0 else 0.0,
-                layer_norm_eps=self.layer_norm_eps,
-                remat=self.remat,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+        total = sum(self.depth)
+        rates = [self.drop_path_rate * t / max(total - 1, 1) for t in range(total)]
+        stages, first = [], 0
+        for i, dim in enumerate(self.dim):
+            position_bias = functools.partial(
+                DynamicPositionBias,
+                dim // self.position_bias_reduction,
+                self.heads[i] if self.position_bias_per_head else 1,
+                self.position_bias_wide_table,
+                norm_layer,
+                **kw,
             )
-            for i in range(len(dims))
-        ]
-        if original:
-            self.norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype)
+            attention = functools.partial(
+                CrossFormerAttention,
+                dim,
+                self.heads[i],
+                self.dim_head[i],
+                self.qkv_bias,
+                position_bias,
+                self.attn_dropout,
+                self.proj_dropout,
+                **kw,
+            )
+            embed_norm = ("after" if self.stem_norm else None) if i == 0 else ("before" if self.merge_norm else None)
+            embed = functools.partial(
+                CrossEmbedLayer,
+                dim,
+                self.cross_embed_kernel_sizes[i],
+                self.cross_embed_strides[i],
+                embed_norm,
+                norm_layer,
+                **kw,
+            )
+            block = functools.partial(
+                block_class,
+                dim=dim,
+                mlp_dim=int(dim * self.mlp_ratio),
+                attention=attention,
+                whole_map_group=self.whole_map_group,
+                ff_dropout=self.ff_dropout,
+                norm_layer=norm_layer,
+                **kw,
+            )
+            windows = tuple(self.geometry.stage_windows(i))
+            stage_rates = tuple(rates[first : first + len(windows)])
+            first += len(windows)
+            stages.append(CrossFormerStage(embed, block, windows, stage_rates, self.embed_dropout if i == 0 else 0.0))
+        self.stages = stages
+        if self.final_norm:
+            self.norm = norm_layer()
         self.setup_head()
 
     def forward_features(
         self, img, *, train: bool = False, output_hidden_states: bool = False, output_attentions: bool = False
     ) -> Features:
         check_image(img, tuple(img.shape[1:3]), self.channels, family="CrossFormer")
-        check_image_size(tuple(img.shape[1:3]), **self._architecture())
+        self.geometry.check_image_size(img.shape[1:3])
         x = img.astype(self.dtype)
         hidden_states, attentions = [], []
         for i, stage in enumerate(self.stages):
@@ -460,7 +448,7 @@ class CrossFormer(CoreModule):
             hidden_states += ([embedded] if i == 0 else []) + stage_hidden
             attentions += stage_attentions
         x = flatten_tokens(x)
-        if self.style == "original":
+        if self.final_norm:
             x = self.norm(x)
         return Features(
             last_hidden_state=x,

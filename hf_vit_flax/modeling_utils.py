@@ -345,7 +345,8 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
                 f"{type(self).__name__} does not take interpolate_pos_encoding=True (the ViT family does); "
                 f"resize the images to the config's image size {self.config.image_size_hw}"
             )
-        self.check_pixel_values(pixel_values, any_size=interpolate_pos_encoding)
+        any_size = interpolate_pos_encoding or not self.module_class.core_module_class.fixed_image_size
+        self.check_pixel_values(pixel_values, any_size=any_size)
         if train and dropout_rng is None:
             raise ValueError("train=True enables dropout and needs a PRNG key: pass dropout_rng=jax.random.key(...)")
         if getattr(pixel_values, "dtype", None) != np.float32:  # float32 arrays go to the jitted apply as they are

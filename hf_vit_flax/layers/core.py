@@ -40,6 +40,9 @@ class CoreModule(nn.Module):
     headless_output: ClassVar[str] = "last_hidden_state"
     # Whether ``forward_features`` takes ``interpolate_pos_encoding=True`` (images of another size).
     supports_interpolate_pos_encoding: ClassVar[bool] = False
+    # Whether the module takes only its ``image_size`` (position embeddings of a fixed grid), or every size
+    # its own ``forward_features`` checks (CrossFormer: any size its windows tile).
+    fixed_image_size: ClassVar[bool] = True
     # The classification head, a module whose fields are a subset of the core module's (same names).
     head_class: ClassVar[type[nn.Module]]
     # The family's config class: its ``field_checks`` validate this module's fields of the same name.

@@ -102,6 +102,8 @@ def test_parity_with_vit_pytorch_at_other_sizes(name, shape, ported):
     torch_model, model = ported[name]
     x = images(1, *shape, seed=1)
     assert_parity(core_logits(kwargs, model.module_params()["params"], x), torch_logits(torch_model, x))
+    # The port of a module without an image size takes every size the original takes, as its HF class too.
+    assert_parity(np.asarray(model(x).logits), torch_logits(torch_model, x))
 
 
 def test_config_read_off_vit_pytorch_module(ported):
@@ -435,3 +437,14 @@ def test_original_style_other_sizes_and_training():
     assert not np.allclose(train(variables, x, jax.random.key(1)), train(variables, x, jax.random.key(2)))
     with pytest.raises(ValueError, match="multiples of 224"):
         jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 120, 120, 3)))
+
+
+def test_image_size_sets_the_processor_not_a_limit(ported):
+    torch_model = ported["default-windows"][0]
+    model = hf_vit_flax.from_vit_pytorch(torch_model, image_size=448)
+    assert model.config.image_size == 448
+    assert model.image_processor.size == {"height": 448, "width": 448}
+    x = images(1, 224, 224, seed=2)
+    assert_parity(np.asarray(model(x).logits), torch_logits(torch_model, x))
+    with pytest.raises(ValueError, match="CrossFormer cannot take 200x200 images"):
+        model(images(1, 200, 200))

@@ -108,11 +108,12 @@ def channel_norm(torch: str, flax: str, dim: int) -> wt.Table:
 VIT_PYTORCH_OPTIONS = {**PRESETS["vit_pytorch"].options, "mlp_ratio": 4.0, "layer_norm_eps": 1e-5}
 
 
-def config_from_vit_pytorch(model: Any) -> CrossFormerConfig:
+def config_from_vit_pytorch(model: Any, image_size=None) -> CrossFormerConfig:
     """Read a ``CrossFormerConfig`` off a live ``vit_pytorch.crossformer.CrossFormer`` (duck-typed, no torch).
 
-    The module does not fix an image size; the config gets the default 224 (pass a config to
-    ``from_vit_pytorch`` for another size).
+    The module does not fix an image size, and neither does the port: it takes every size the
+    original takes (sides its windows tile, e.g. multiples of 224 with the default windows). The
+    config's ``image_size`` (224 unless given) is the size its image processor resizes to.
     """
     dims, depths, local, global_, kernels, strides = [], [], [], [], [], []
     attn_dropout = ff_dropout = 0.0
@@ -141,6 +142,7 @@ def config_from_vit_pytorch(model: Any) -> CrossFormerConfig:
         ff_dropout=ff_dropout,
         channels=model.layers[0][0].convs[0].in_channels,
         dim_head=dim_head,
+        **({"image_size": image_size} if image_size is not None else {}),
     )
 
 

@@ -357,6 +357,7 @@ class CrossFormer(CoreModule):
 
     head_class = LinearHead
     config_class = CrossFormerConfig
+    fixed_image_size = False  # no position embeddings: any size its windows tile (checked in forward_features)
 
     def __post_init__(self):
         # The per-field errors on the arguments as given, then the preset, expanded once into the fields.

@@ -69,6 +69,8 @@ FAMILIES: dict[str, Family] = {
         vit_pytorch_class="vit_pytorch.crossformer.CrossFormer",
         config_from_vit_pytorch=convert_crossformer.config_from_vit_pytorch,
         convert_vit_pytorch=convert_crossformer.convert_vit_pytorch,
+        export_vit_pytorch=convert_crossformer.export_vit_pytorch,
+        vit_pytorch_kwargs=convert_crossformer.vit_pytorch_kwargs,
     ),
     "cait": Family(
         name="cait",
@@ -81,6 +83,10 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("cait_",),
         config_from_timm=convert_cait.config_from_timm,
         convert_timm=convert_cait.convert_timm,
+        export_vit_pytorch=convert_cait.export_vit_pytorch,
+        export_timm=convert_cait.export_timm,
+        timm_architecture=convert_cait.timm_architecture,
+        vit_pytorch_kwargs=convert_cait.vit_pytorch_kwargs,
     ),
     "crossvit": Family(
         name="crossvit",

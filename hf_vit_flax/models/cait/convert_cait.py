@@ -24,12 +24,14 @@ each apart (``q``, ``k``, ``v``); ``_regroup_projections`` and ``_ungroup_projec
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from ... import weight_tables as wt
+from ...configuration_utils import to_pair
 from ...conversion_utils import image_size_from_patches, to_numpy
 from ...layers import block_table, conv_patch_embedding_table, patch_embedding_table
 from .configuration_cait import STYLES, CaiTConfig, format_options
@@ -320,3 +322,71 @@ def check_reference(config: CaiTConfig, style: str, what: str, **fixed: Any) -> 
 def _core_params(params: Mapping) -> Mapping:
     """The core module's params, also when given as ``{"params": ...}`` (``model.module_params()``)."""
     return params["params"] if set(params) == {"params"} else params
+
+
+# -- the constructors that rebuild a CaiT in the PyTorch libraries ------------------------------------------
+
+
+def vit_pytorch_kwargs(config: CaiTConfig) -> dict[str, Any]:
+    """The constructor arguments of ``vit_pytorch.cait.CaiT`` for this config (ValueError naming the options
+    vit-pytorch's CaiT does not have)."""
+    check_reference(config, "vit_pytorch", "vit-pytorch's CaiT", qkv_bias=False, layer_scale_init=None)
+    if config.cls_mlp_dim not in (None, config.mlp_dim) or config.drop_path_rate or config.head_dropout:
+        raise ValueError("vit-pytorch's CaiT has no cls_mlp_dim, drop_path_rate or head_dropout")
+    if config.attn_dropout not in (None, config.dropout) or config.layer_norm_eps != 1e-5:
+        raise ValueError("vit-pytorch's CaiT has one dropout rate and LayerNorm eps 1e-5")
+    size = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return dict(
+        image_size=size(config.image_size),
+        patch_size=size(config.patch_size),
+        num_classes=config.num_labels,
+        dim=config.dim,
+        depth=config.depth,
+        cls_depth=config.cls_depth,
+        heads=config.heads,
+        mlp_dim=config.mlp_dim,
+        dim_head=config.dim_head,
+        dropout=config.dropout,
+        emb_dropout=config.emb_dropout,
+        layer_dropout=config.layer_dropout,
+    )
+
+
+def timm_architecture(config: CaiTConfig) -> tuple[str, dict[str, Any]]:
+    """timm's architecture name and ``model_args`` that build this CaiT as timm's ``Cait``."""
+    check_reference(config, "timm", "timm's Cait")
+    missing = []
+    if config.heads * config.dim_head != config.dim:
+        missing.append(f"heads * dim_head = {config.heads * config.dim_head} != dim = {config.dim}")
+    if not math.isclose(config.layer_norm_eps, 1e-6, rel_tol=1e-6):
+        missing.append(f"layer_norm_eps={config.layer_norm_eps} (timm's Cait uses 1e-6)")
+    if config.layer_dropout:
+        missing.append("layer_dropout (vit-pytorch's; timm has drop_path_rate)")
+    cls_mlp_dim = config.cls_mlp_dim or config.mlp_dim
+    for name, width in (("mlp_dim", config.mlp_dim), ("cls_mlp_dim", cls_mlp_dim)):
+        if int(config.dim * (width / config.dim)) != width:
+            missing.append(f"{name}={width}, which is no ratio of dim={config.dim} timm rounds back to")
+    if missing:
+        raise NotImplementedError("this CaiT cannot be written as a timm Cait: " + "; ".join(missing))
+    image_size, patch_size = to_pair(config.image_size), to_pair(config.patch_size)
+    if image_size[0] != image_size[1] or patch_size[0] != patch_size[1]:
+        raise NotImplementedError("timm's Cait takes square images and patches only")
+    return "cait_s24_224", dict(
+        img_size=image_size[0],
+        patch_size=patch_size[0],
+        in_chans=config.channels,
+        num_classes=config.num_labels,
+        embed_dim=config.dim,
+        depth=config.depth,
+        num_heads=config.heads,
+        mlp_ratio=config.mlp_dim / config.dim,
+        qkv_bias=config.qkv_bias,
+        drop_rate=config.head_dropout,
+        pos_drop_rate=config.emb_dropout,
+        proj_drop_rate=config.dropout,
+        attn_drop_rate=config.dropout if config.attn_dropout is None else config.attn_dropout,
+        drop_path_rate=config.drop_path_rate,
+        init_values=config.layer_scale_init if config.layer_scale_init is not None else 1e-5,
+        depth_token_only=config.cls_depth,
+        mlp_ratio_token_only=cls_mlp_dim / config.dim,
+    )

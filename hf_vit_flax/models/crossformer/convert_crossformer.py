@@ -164,6 +164,27 @@ def check_vit_pytorch_options(config: CrossFormerConfig) -> dict[str, Any]:
     return options
 
 
+def vit_pytorch_kwargs(config: CrossFormerConfig) -> dict[str, Any]:
+    """The constructor arguments of ``vit_pytorch.crossformer.CrossFormer`` for this config, in its
+    vocabulary (``depth`` counts (short, long) pairs); ValueError naming what vit-pytorch lacks."""
+    options = check_vit_pytorch_options(config)
+    if config.drop_path_rate:
+        raise ValueError("vit-pytorch's CrossFormer has no drop_path_rate")
+    nested = lambda v: [nested(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return dict(
+        dim=nested(options["dim"]),
+        depth=[d // 2 for d in options["depth"]],
+        global_window_size=nested(options["global_window_size"]),
+        local_window_size=nested(options["local_window_size"]),
+        cross_embed_kernel_sizes=nested(options["cross_embed_kernel_sizes"]),
+        cross_embed_strides=nested(options["cross_embed_strides"]),
+        num_classes=config.num_labels,
+        attn_dropout=config.attn_dropout,
+        ff_dropout=config.ff_dropout,
+        channels=config.channels,
+    )
+
+
 def vit_pytorch_table(config: CrossFormerConfig) -> wt.Table:
     """Every tensor of vit-pytorch's ``CrossFormer`` state dict and its place in our params (head included
     when ``num_labels > 0``)."""

@@ -1,0 +1,72 @@
+"""Every family goes back to the PyTorch library it came from: the folders ``export_timm`` and
+``export_vit_pytorch`` write are loaded by timm / vit-pytorch themselves, with the same tensors and logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import vit_pytorch.cait
+import vit_pytorch.crossformer
+
+import hf_vit_flax
+from hf_vit_flax.conversion_utils import to_numpy
+from tests.helpers import assert_parity, images, randomize_, torch_logits
+
+VIT_PYTORCH = {
+    "cait": (
+        vit_pytorch.cait.CaiT,
+        dict(
+            image_size=32, patch_size=8, num_classes=5, dim=32, depth=2, cls_depth=1, heads=2, mlp_dim=64, dim_head=16
+        ),
+        (32, 32),
+    ),
+    "crossformer": (
+        vit_pytorch.crossformer.CrossFormer,
+        dict(dim=(32, 32, 64, 64), depth=(1, 1, 1, 1), num_classes=4, global_window_size=(8, 4, 2, 1)),
+        (224, 224),
+    ),
+}
+
+TIMM = {
+    "cait": ("cait_xxs24_224", dict(img_size=32, patch_size=8, depth=2, num_classes=6)),
+}
+
+
+def assert_same_state(loaded, original):
+    got, want = to_numpy(loaded.state_dict()), to_numpy(original.state_dict())
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+@pytest.mark.parametrize("family", VIT_PYTORCH)
+def test_vit_pytorch_loads_the_export(family, tmp_path):
+    cls, kwargs, size = VIT_PYTORCH[family]
+    original = randomize_(cls(**kwargs), seed=1).eval()
+    model = hf_vit_flax.from_vit_pytorch(original)
+    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
+    assert type(loaded) is cls
+    assert_same_state(loaded, original)
+    pixels = images(1, *size, seed=2)
+    assert_parity(torch_logits(loaded, pixels), np.asarray(model(pixels).logits))
+
+
+@pytest.mark.parametrize("family", TIMM)
+def test_timm_loads_the_export(family, tmp_path):
+    arch, kwargs = TIMM[family]
+    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
+    model = hf_vit_flax.from_timm(original)
+    hf_vit_flax.export_timm(model, tmp_path)
+    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
+    assert_same_state(loaded, original)
+    pixels = images(2, *model.config.image_size_hw, seed=4)
+    assert_parity(torch_logits(loaded, pixels), np.asarray(model(pixels).logits))
+
+
+def test_a_family_without_a_timm_counterpart_says_so(tmp_path):
+    cls, kwargs, _ = VIT_PYTORCH["crossformer"]
+    model = hf_vit_flax.from_vit_pytorch(cls(**kwargs))
+    with pytest.raises(NotImplementedError, match="crossformer family has no timm counterpart"):
+        hf_vit_flax.export_timm(model, tmp_path)

@@ -76,20 +76,26 @@ def expand_style(options: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"style must be one of {STYLES} (a preset of the named options) or None, got {style!r}")
     filled = {}
     for name, value in PRESETS[style or "vit_pytorch"].items():
-        given = options.get(name)
-        if given is None:
+        if options.get(name) is None:
             filled[name] = value
-        elif style is not None and given != value:
-            raise ValueError(
-                f"style={style!r} is the preset {name}={value!r}, but {name}={given!r} was given: leave style out "
-                f"to combine the named options freely"
-            )
+    check_preset({**options, **filled})
     fusion = filled.get("fusion", options.get("fusion"))
     if fusion in CROSS_ATTN_DEFAULTS:  # else the field check names the unknown fusion
         for name, default in zip(("cross_attn_heads", "cross_attn_dim_head"), CROSS_ATTN_DEFAULTS[fusion], strict=True):
             if options.get(name) is None:
                 filled[name] = default
     return filled
+
+
+def check_preset(options: Mapping[str, Any]) -> None:
+    """A style names a reference implementation: the named options must be its (see :func:`expand_style`)."""
+    style = options.get("style")
+    for name, value in PRESETS.get(style, {}).items():
+        if options.get(name) != value:
+            raise ValueError(
+                f"style={style!r} is the preset {name}={value!r}, but {name}={options.get(name)!r} was given: "
+                f"leave style out to combine the named options freely"
+            )
 
 
 def check_crossvit_options(options: Any) -> None:
@@ -99,6 +105,7 @@ def check_crossvit_options(options: Any) -> None:
     type and range are ``CrossViTConfig.field_checks``.
     """
     o = options
+    check_preset({name: getattr(o, name) for name in ("style", *PRESETS["timm"])})
     if o.multi_conv and o.patch_embedding != "conv":
         raise ValueError(
             f"multi_conv (timm's 'dagger' patch embedding) is a kind of patch_embedding='conv', "
@@ -119,7 +126,7 @@ def check_crossvit_options(options: Any) -> None:
             raise ValueError(
                 f"fusion='token_projection' attends with the heads of the branch whose width it runs in: "
                 f"cross_attn_heads / cross_attn_dim_head must be None, got {o.cross_attn_heads} / "
-                f"{o.cross_attn_dim_head} (they are fusion='project_in_out''s)"
+                f"{o.cross_attn_dim_head} (those are for fusion='project_in_out')"
             )
         if o.cross_attn_depth < 1:
             raise ValueError("fusion='token_projection' needs cross_attn_depth >= 1 (its cross-attention blocks)")

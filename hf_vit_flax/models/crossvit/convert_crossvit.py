@@ -167,10 +167,6 @@ def config_from_vit_pytorch(model: Any) -> CrossViTConfig:
     )
 
 
-def _vit_pytorch_encoder(config: CrossViTConfig, i: int, index: int) -> str:
-    return f"multi_scale_encoder.layers.{i}.{index}"
-
-
 def vit_pytorch_concatenated(config: CrossViTConfig) -> list[Concatenated]:
     """Each encoder attention's ``to_q`` and ``to_kv``, read as the fused ``to_qkv`` of ``VIT_PYTORCH_BLOCK``."""
     groups = []
@@ -178,7 +174,7 @@ def vit_pytorch_concatenated(config: CrossViTConfig) -> list[Concatenated]:
         for index, b in enumerate(BRANCHES):
             inner = getattr(config, f"{b}_enc_heads") * getattr(config, f"{b}_enc_dim_head")
             for j in range(getattr(config, f"{b}_enc_depth")):
-                attention = f"{_vit_pytorch_encoder(config, i, index)}.layers.{j}.0"
+                attention = f"multi_scale_encoder.layers.{i}.{index}.layers.{j}.0"
                 groups.append(
                     Concatenated(f"{attention}.to_qkv", (f"{attention}.to_q", f"{attention}.to_kv"), (inner, 2 * inner))
                 )
@@ -196,8 +192,7 @@ def vit_pytorch_table(config: CrossViTConfig) -> Table:
         table += [Entry(f"{embedder}.pos_embedding", f"{b}_embed/pos_embedding", TOKEN)]
     for i in range(config.depth):
         for index, b in enumerate(BRANCHES):
-            encoder = _vit_pytorch_encoder(config, i, index)
-            depth = getattr(config, f"{b}_enc_depth")
+            encoder, depth = f"multi_scale_encoder.layers.{i}.{index}", getattr(config, f"{b}_enc_depth")
             table += transformer_table(encoder, f"blocks_{i}/{b}_encoder", depth, VIT_PYTORCH_BLOCK, qkv_bias=False)
         for k in range(config.cross_attn_depth):
             for index, (b, o) in enumerate(PAIRS):

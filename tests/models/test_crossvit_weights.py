@@ -42,74 +42,41 @@ from tests.helpers import TINY_CONFIGS, assert_parity, images, randomize_, torch
 LEGACY = Path(__file__).resolve().parent.parent / "fixtures" / "crossvit_legacy"
 
 SMALL = dict(sm_enc_mlp_dim=32, lg_enc_mlp_dim=48, sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8)
+# Different widths: the cross attention's Linear projections in and out.
+DIFFERENT_WIDTHS = dict(
+    SMALL,
+    image_size=32,
+    num_classes=5,
+    sm_dim=16,
+    lg_dim=24,
+    sm_patch_size=8,
+    lg_patch_size=16,
+    depth=2,
+    lg_enc_depth=2,
+    sm_enc_heads=2,
+    lg_enc_heads=3,
+    cross_attn_heads=2,
+)
 VIT_PYTORCH = {
-    # Different widths: the cross attention's Linear projections in and out.
-    "different-widths": dict(
-        image_size=32,
-        num_classes=5,
-        sm_dim=16,
-        lg_dim=24,
-        sm_patch_size=8,
-        lg_patch_size=16,
-        depth=2,
-        sm_enc_depth=1,
-        lg_enc_depth=2,
-        sm_enc_heads=2,
-        lg_enc_heads=3,
-        cross_attn_depth=2,
-        cross_attn_heads=2,
-        **SMALL,
-    ),
+    "different-widths": DIFFERENT_WIDTHS,
     # Equal widths (no projections), no heads: vit-pytorch keeps a LayerNorm and an empty Linear per branch.
     "equal-widths-headless": dict(
-        image_size=16,
-        num_classes=0,
-        sm_dim=16,
-        lg_dim=16,
-        sm_patch_size=4,
-        lg_patch_size=8,
-        depth=1,
-        sm_enc_depth=2,
-        lg_enc_depth=1,
-        sm_enc_heads=2,
-        lg_enc_heads=2,
-        cross_attn_depth=1,
-        cross_attn_heads=3,
-        **SMALL,
+        DIFFERENT_WIDTHS, num_classes=0, lg_dim=16, depth=1, sm_enc_depth=2, lg_enc_depth=1, cross_attn_depth=1
     ),
 }
 
+# timm's registered layout: one un-nested fusion block per branch (depth[-1] == 0).
+SINGLE_FUSION = dict(img_size=48, patch_size=(12, 16), embed_dim=(24, 48), depth=((1, 2, 0), (1, 2, 0)))
+SINGLE_FUSION.update(num_heads=(2, 4), mlp_ratio=(2, 3, 1))
 TIMM = {
-    # timm's registered layout: one un-nested fusion block per branch (depth[-1] == 0).
-    "single-fusion-block": dict(
-        img_size=48,
-        patch_size=(12, 16),
-        embed_dim=(24, 48),
-        depth=((1, 2, 0), (1, 2, 0)),
-        num_heads=(2, 4),
-        mlp_ratio=(2, 3, 1),
-    ),
+    "single-fusion-block": SINGLE_FUSION,
     # The dagger stems, the large branch resized inside the forward, three nested fusion blocks, avg pooling.
     "dagger-nested-fusion": dict(
-        img_size=48,
-        img_scale=(1.0, 32 / 48),
-        patch_size=(12, 16),
-        embed_dim=(24, 48),
-        depth=((1, 1, 3),),
-        num_heads=(2, 4),
-        mlp_ratio=(2, 3, 1),
-        multi_conv=True,
-        global_pool="avg",
+        SINGLE_FUSION, img_scale=(1.0, 32 / 48), depth=((1, 1, 3),), multi_conv=True, global_pool="avg"
     ),
     # One fusion block nested in a Sequential (depth[-1] == 1), no qkv bias, equal widths.
     "nested-single-fusion-no-qkv-bias": dict(
-        img_size=48,
-        patch_size=(12, 16),
-        embed_dim=(32, 32),
-        depth=((2, 1, 1),),
-        num_heads=(4, 2),
-        mlp_ratio=(2, 3, 1),
-        qkv_bias=False,
+        SINGLE_FUSION, embed_dim=(32, 32), depth=((2, 1, 1),), num_heads=(4, 2), qkv_bias=False
     ),
 }
 

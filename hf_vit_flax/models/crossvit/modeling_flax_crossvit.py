@@ -304,38 +304,19 @@ class MultiScaleBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(
+            qkv_bias=self.qkv_bias, norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         block_cls = remat_if(TransformerBlock, self.remat)
 
         def transformer(b: BranchSpec):
             # cross_vit's Attention always has its output projection (unlike vit.py's project_out rule).
-            return Transformer(
-                b.dim,
-                b.depth,
-                b.heads,
-                b.dim_head,
-                b.mlp_dim,
-                self.dropout,
-                qkv_bias=self.qkv_bias,
-                norm_layer=self.norm_layer,
-                remat=self.remat,
-                **kw,
-            )
+            return Transformer(b.dim, b.depth, b.heads, b.dim_head, b.mlp_dim, self.dropout, remat=self.remat, **common)
 
         def blocks(b: BranchSpec, rates: tuple[float, ...]):
+            rates = rates or (0.0,) * b.depth
             return [
-                block_cls(
-                    b.dim,
-                    b.heads,
-                    b.dim_head,
-                    b.mlp_dim,
-                    self.dropout,
-                    qkv_bias=self.qkv_bias,
-                    norm_layer=self.norm_layer,
-                    drop_path=rates[j] if rates else 0.0,
-                    **kw,
-                )
-                for j in range(b.depth)
+                block_cls(b.dim, b.heads, b.dim_head, b.mlp_dim, self.dropout, drop_path=r, **common) for r in rates
             ]
 
         if self.encoder_norm:

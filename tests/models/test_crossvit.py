@@ -351,7 +351,7 @@ def test_dtype_and_gradient_checkpointing(small):
         (dict(sm_enc_heads=0), "sm_enc_heads must be a positive"),
         (dict(dropout=1.5), "dropout must be"),
         (dict(global_pool="max"), "global_pool must be"),
-        (dict(multi_conv=True), "needs style='timm'"),
+        (dict(multi_conv=True), "a kind of patch_embedding='conv'"),
         (dict(style="timm", sm_enc_dim_head=64, sm_enc_heads=6), "must equal sm_dim"),
         (
             dict(style="timm", sm_enc_dim_head=24, lg_enc_dim_head=48, multi_conv=True, sm_patch_size=8, image_size=48),

@@ -1,4 +1,11 @@
-"""Weights of vit-pytorch's and timm's CrossViT -> ``FlaxCrossViTForImageClassification`` (pure numpy; no torch).
+"""Weights of vit-pytorch's and timm's CrossViT <-> ``hf_vit_flax.CrossViT`` params (pure numpy; no torch).
+
+Each direction reads one declarative table (:func:`vit_pytorch_table`, :func:`timm_table`: PyTorch key,
+Flax path, transform), built from the layers' own tables, so an import and an export cannot disagree.
+The only steps that are not renames run on the state dict before (and, inverted, after) the table:
+PyTorch Linear layers that read the same input and that we store as one kernel are concatenated
+(vit-pytorch's ``to_q`` + ``to_kv`` -> our ``qkv``; timm's ``wk`` + ``wv`` -> our ``kv``), and the
+original release's ``pos_embed.0`` names become timm's ``pos_embed_0`` (timm's ``checkpoint_filter_fn``).
 
 vit-pytorch ``vit_pytorch.cross_vit.CrossViT`` (``style='vit_pytorch'``), per branch ``b`` in (sm, lg):
   {b}_image_embedder.to_patch_embedding.{1,2,3}      -> {b}_embed.patch_embed.{patch_norm, proj, norm}
@@ -24,19 +31,95 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ...conversion_utils import StateDictReader, linear
-from .configuration_crossvit import CrossViTConfig
+from ...layers import (
+    TIMM_BLOCK,
+    VIT_PYTORCH_BLOCK,
+    block_table,
+    conv_patch_embedding_table,
+    patch_embedding_table,
+    transformer_table,
+)
+from ...weight_tables import TOKEN, Entry, Table, linear, norm, to_flax, to_torch
+from .configuration_crossvit import PRESETS, CrossViTConfig
+from .modeling_flax_crossvit import (
+    TIMM_CROSS_ATTENTION,
+    class_token_projection_table,
+    cross_attention_table,
+    dagger_patch_embedding_table,
+    projected_cross_attention_table,
+)
 
 BRANCHES = ("sm", "lg")
+# (branch, the other branch): the small branch's class token attends to the large branch and back.
+PAIRS = (("sm", "lg"), ("lg", "sm"))
 
 
 def _size(height: int, width: int):
     return height if height == width else (height, width)
+
+
+# -- what is not a rename: Linear layers stored as one kernel ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Concatenated:
+    """PyTorch Linear layers ``parts`` (``sizes`` output features each) reading the same input, which we
+    store as one kernel: the table reads them, concatenated in order, under the key ``fused``."""
+
+    fused: str
+    parts: tuple[str, ...]
+    sizes: tuple[int, ...]
+    bias: bool = False
+
+    def suffixes(self) -> tuple[str, ...]:
+        return ("weight", "bias") if self.bias else ("weight",)
+
+
+def concatenate_linears(
+    state_dict: Mapping[str, Any], groups: Sequence[Concatenated], *, what: str
+) -> dict[str, np.ndarray]:
+    """``state_dict`` with each group's parts replaced by their concatenation (output axis, in order)."""
+    out = dict(state_dict)
+    for group in groups:
+        for suffix in group.suffixes():
+            keys = [f"{part}.{suffix}" for part in group.parts]
+            missing = [key for key in keys if key not in out]
+            if missing:
+                raise ValueError(
+                    f"{what}: the checkpoint has no {', '.join(map(repr, missing))}. It does not match the "
+                    f"configuration (another architecture or other options)."
+                )
+            out[f"{group.fused}.{suffix}"] = np.concatenate([np.asarray(out.pop(key)) for key in keys], axis=0)
+    return out
+
+
+def split_linears(state_dict: Mapping[str, np.ndarray], groups: Sequence[Concatenated]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`concatenate_linears`."""
+    out = dict(state_dict)
+    for group in groups:
+        for suffix in group.suffixes():
+            fused = out.pop(f"{group.fused}.{suffix}")
+            pieces = np.split(fused, np.cumsum(group.sizes)[:-1], axis=0)
+            for part, piece in zip(group.parts, pieces, strict=True):
+                out[f"{part}.{suffix}"] = np.ascontiguousarray(piece)
+    return out
+
+
+def _require(config: CrossViTConfig, preset: str, what: str, **more: Any) -> None:
+    """``config`` has the named options of ``preset`` (initialisation aside) and ``more``: else the weights of
+    ``what`` do not describe it."""
+    wanted = {k: v for k, v in PRESETS[preset].items() if k != "token_init"} | more
+    wrong = {k: getattr(config, k) for k, v in wanted.items() if getattr(config, k) != v}
+    if wrong:
+        given = ", ".join(f"{k}={v!r}" for k, v in wrong.items())
+        need = ", ".join(f"{k}={wanted[k]!r}" for k in wrong)
+        raise ValueError(f"{what} has {need}; this config has {given} (build it with style={preset!r})")
 
 
 # -- vit-pytorch ------------------------------------------------------------------------------------------
@@ -84,71 +167,72 @@ def config_from_vit_pytorch(model: Any) -> CrossViTConfig:
     )
 
 
-def _vit_pytorch_attention(sd: StateDictReader, prefix: str) -> dict:
-    """vit-pytorch's separate to_q / to_kv as one fused qkv kernel (q, then k, then v)."""
-    return {
-        "qkv": {
-            "kernel": np.concatenate(
-                [linear(sd.pop(f"{prefix}.to_q.weight")), linear(sd.pop(f"{prefix}.to_kv.weight"))], axis=1
-            )
-        },
-        "proj": sd.linear(f"{prefix}.to_out.0"),
-    }
+def vit_pytorch_concatenated(config: CrossViTConfig) -> list[Concatenated]:
+    """Each encoder attention's ``to_q`` and ``to_kv``, read as the fused ``to_qkv`` of ``VIT_PYTORCH_BLOCK``."""
+    groups = []
+    for i in range(config.depth):
+        for index, b in enumerate(BRANCHES):
+            inner = getattr(config, f"{b}_enc_heads") * getattr(config, f"{b}_enc_dim_head")
+            for j in range(getattr(config, f"{b}_enc_depth")):
+                attention = f"multi_scale_encoder.layers.{i}.{index}.layers.{j}.0"
+                groups.append(
+                    Concatenated(f"{attention}.to_qkv", (f"{attention}.to_q", f"{attention}.to_kv"), (inner, 2 * inner))
+                )
+    return groups
+
+
+def vit_pytorch_table(config: CrossViTConfig) -> Table:
+    """vit-pytorch ``CrossViT`` state-dict keys (its ``to_q`` + ``to_kv`` as ``to_qkv``) <-> ``CrossViT`` params."""
+    _require(config, "vit_pytorch", "vit-pytorch's CrossViT", multi_conv=False, qkv_bias=False)
+    table: Table = []
+    for b in BRANCHES:
+        embedder = f"{b}_image_embedder"
+        table += patch_embedding_table(f"{embedder}.to_patch_embedding", f"{b}_embed/patch_embed")
+        table += [Entry(f"{embedder}.cls_token", f"{b}_embed/cls_token", TOKEN)]
+        table += [Entry(f"{embedder}.pos_embedding", f"{b}_embed/pos_embedding", TOKEN)]
+    for i in range(config.depth):
+        for index, b in enumerate(BRANCHES):
+            encoder, depth = f"multi_scale_encoder.layers.{i}.{index}", getattr(config, f"{b}_enc_depth")
+            table += transformer_table(encoder, f"blocks_{i}/{b}_encoder", depth, VIT_PYTORCH_BLOCK, qkv_bias=False)
+        for k in range(config.cross_attn_depth):
+            for index, (b, o) in enumerate(PAIRS):
+                projected = getattr(config, f"{b}_dim") != getattr(config, f"{o}_dim")
+                torch = f"multi_scale_encoder.layers.{i}.2.layers.{k}.{index}"
+                table += projected_cross_attention_table(torch, f"blocks_{i}/{b}_attend_{o}_{k}", projected=projected)
+    if config.num_labels > 0:
+        for b in BRANCHES:
+            table += [*norm(f"{b}_mlp_head.0", f"{b}_head/norm"), *linear(f"{b}_mlp_head.1", f"{b}_head/fc")]
+    return table
+
+
+def _vit_pytorch_empty_heads(config: CrossViTConfig) -> dict[str, np.ndarray]:
+    """What vit-pytorch keeps with ``num_classes=0``: per branch a LayerNorm and a Linear with no outputs, which
+    compute nothing (``to_flax`` ignores them; an export writes them as an identity norm and an empty Linear)."""
+    out = {}
+    for b in BRANCHES:
+        dim = getattr(config, f"{b}_dim")
+        out[f"{b}_mlp_head.0.weight"], out[f"{b}_mlp_head.0.bias"] = np.ones(dim, np.float32), np.zeros(dim, np.float32)
+        out[f"{b}_mlp_head.1.weight"], out[f"{b}_mlp_head.1.bias"] = (
+            np.zeros((0, dim), np.float32),
+            np.zeros(0, np.float32),
+        )
+    return out
 
 
 def convert_vit_pytorch(state_dict: Mapping[str, np.ndarray], config: CrossViTConfig) -> dict:
     """vit-pytorch ``CrossViT`` state dict (numpy) -> the params of ``hf_vit_flax.CrossViT`` (unchecked tree)."""
-    sd = StateDictReader(state_dict)
-    params: dict[str, Any] = {}
-    for b in BRANCHES:
-        p = f"{b}_image_embedder"
-        params[f"{b}_embed"] = {
-            "patch_embed": {
-                "patch_norm": sd.layer_norm(f"{p}.to_patch_embedding.1"),
-                "proj": sd.linear(f"{p}.to_patch_embedding.2"),
-                "norm": sd.layer_norm(f"{p}.to_patch_embedding.3"),
-            },
-            "cls_token": sd.pop(f"{p}.cls_token")[0],
-            "pos_embedding": sd.pop(f"{p}.pos_embedding")[0],
-        }
-    for i in range(config.depth):
-        layer = f"multi_scale_encoder.layers.{i}"
-        block: dict[str, Any] = {}
-        for index, b in enumerate(BRANCHES):
-            p = f"{layer}.{index}"
-            encoder: dict[str, Any] = {"norm": sd.layer_norm(f"{p}.norm")}
-            for j in range(getattr(config, f"{b}_enc_depth")):
-                q = f"{p}.layers.{j}"
-                encoder[f"blocks_{j}"] = {
-                    "norm1": sd.layer_norm(f"{q}.0.norm"),
-                    "attn": _vit_pytorch_attention(sd, f"{q}.0"),
-                    "norm2": sd.layer_norm(f"{q}.1.net.0"),
-                    "mlp": {"fc1": sd.linear(f"{q}.1.net.1"), "fc2": sd.linear(f"{q}.1.net.4")},
-                }
-            block[f"{b}_encoder"] = encoder
-        for k in range(config.cross_attn_depth):
-            for index, name in enumerate(("sm_attend_lg", "lg_attend_sm")):
-                p = f"{layer}.2.layers.{k}.{index}"
-                cross = {
-                    "attn": {
-                        "norm": sd.layer_norm(f"{p}.fn.norm"),
-                        "q": {"kernel": linear(sd.pop(f"{p}.fn.to_q.weight"))},
-                        "kv": {"kernel": linear(sd.pop(f"{p}.fn.to_kv.weight"))},
-                        "proj": sd.linear(f"{p}.fn.to_out.0"),
-                    }
-                }
-                if f"{p}.project_in.weight" in sd:
-                    cross["project_in"] = sd.linear(f"{p}.project_in")
-                    cross["project_out"] = sd.linear(f"{p}.project_out")
-                block[f"{name}_{k}"] = cross
-        params[f"blocks_{i}"] = block
-    for b in BRANCHES:
-        head = {"norm": sd.layer_norm(f"{b}_mlp_head.0"), "fc": sd.linear(f"{b}_mlp_head.1")}
-        # vit-pytorch built with num_classes=0 keeps a LayerNorm and an empty Linear: no head then.
-        if config.num_labels > 0:
-            params[f"{b}_head"] = head
-    sd.finish("vit-pytorch CrossViT")
-    return params
+    what = "vit-pytorch CrossViT"
+    table = vit_pytorch_table(config)
+    state = concatenate_linears(state_dict, vit_pytorch_concatenated(config), what=what)
+    ignore = _vit_pytorch_empty_heads(config) if config.num_labels <= 0 else ()
+    return to_flax(state, table, what=what, ignore=ignore)
+
+
+def export_vit_pytorch(params: Mapping, config: CrossViTConfig) -> dict[str, np.ndarray]:
+    """``hf_vit_flax.CrossViT`` params -> a vit-pytorch ``CrossViT`` state dict (numpy), for ``load_state_dict``."""
+    state = split_linears(to_torch(params, vit_pytorch_table(config)), vit_pytorch_concatenated(config))
+    state = {k: np.array(v) for k, v in state.items()}  # writable: torch.from_numpy takes them as they are
+    return {**state, **(_vit_pytorch_empty_heads(config) if config.num_labels <= 0 else {})}
 
 
 # -- timm -------------------------------------------------------------------------------------------------
@@ -214,8 +298,6 @@ def config_from_timm(model: Any) -> CrossViTConfig:
         image_size=_size(*image_size),
         num_classes=int(model.num_classes),
         cross_attn_depth=_uniform(cross_depths, "cross-attention depth"),
-        cross_attn_heads=None,
-        cross_attn_dim_head=None,
         depth=len(model.blocks),
         dropout=proj_drop,
         emb_dropout=float(model.pos_drop.p),
@@ -233,73 +315,91 @@ def config_from_timm(model: Any) -> CrossViTConfig:
     )
 
 
+def _timm_fusion(i: int, d: int, k: int, nested: bool) -> str:
+    """timm's fusion block ``k`` of branch ``d``: nested in a Sequential, or (timm's depth[-1] == 0) on its own."""
+    return f"blocks.{i}.fusion.{d}.{k}" if nested else f"blocks.{i}.fusion.{d}"
+
+
+def timm_concatenated(config: CrossViTConfig, *, nested_fusion: bool | None = None) -> list[Concatenated]:
+    """Each fusion block's ``attn.wk`` and ``attn.wv``, read as the ``attn.wkv`` of ``TIMM_CROSS_ATTENTION``."""
+    nested = config.cross_attn_depth != 1 if nested_fusion is None else nested_fusion
+    groups = []
+    for i in range(config.depth):
+        for d, (_, o) in enumerate(PAIRS):
+            width = getattr(config, f"{o}_dim")  # the attention runs in the other branch's width
+            for k in range(config.cross_attn_depth):
+                attn = f"{_timm_fusion(i, d, k, nested)}.attn"
+                groups.append(
+                    Concatenated(f"{attn}.wkv", (f"{attn}.wk", f"{attn}.wv"), (width, width), bias=config.qkv_bias)
+                )
+    return groups
+
+
+def timm_table(config: CrossViTConfig, *, nested_fusion: bool | None = None) -> Table:
+    """timm ``CrossVit`` state-dict keys (its ``wk`` + ``wv`` as ``wkv``) <-> ``CrossViT`` params.
+
+    ``nested_fusion``: timm keeps a single fusion block per branch on its own (``fusion.d``, its ``depth[-1] ==
+    0``, the registered models) or in a Sequential (``fusion.d.0``, ``depth[-1] == 1``); ``None``: on its own
+    when ``cross_attn_depth == 1``.
+    """
+    _require(config, "timm", "timm's CrossVit")
+    for b in BRANCHES:
+        if getattr(config, f"{b}_enc_depth") < 1:
+            raise ValueError(f"timm's CrossVit has at least one block per branch, this config {b}_enc_depth=0")
+    nested = config.cross_attn_depth != 1 if nested_fusion is None else nested_fusion
+    table: Table = []
+    for d, b in enumerate(BRANCHES):
+        if config.multi_conv:
+            table += dagger_patch_embedding_table(f"patch_embed.{d}", f"{b}_embed/patch_embed")
+        else:
+            table += conv_patch_embedding_table(f"patch_embed.{d}", f"{b}_embed/patch_embed")
+        table += [Entry(f"cls_token_{d}", f"{b}_embed/cls_token", TOKEN)]
+        table += [Entry(f"pos_embed_{d}", f"{b}_embed/pos_embedding", TOKEN)]
+    for i in range(config.depth):
+        block = f"blocks_{i}"
+        for d, (b, o) in enumerate(PAIRS):
+            for j in range(getattr(config, f"{b}_enc_depth")):
+                table += block_table(
+                    f"blocks.{i}.blocks.{d}.{j}", f"{block}/{b}_blocks_{j}", TIMM_BLOCK, qkv_bias=config.qkv_bias
+                )
+            table += class_token_projection_table(f"blocks.{i}.projs.{d}", f"{block}/{b}_proj")
+            for k in range(config.cross_attn_depth):
+                fusion = _timm_fusion(i, d, k, nested)
+                table += cross_attention_table(
+                    fusion, f"{block}/{b}_attend_{o}_{k}", TIMM_CROSS_ATTENTION, qkv_bias=config.qkv_bias
+                )
+            table += class_token_projection_table(f"blocks.{i}.revert_projs.{d}", f"{block}/{b}_revert")
+    for d, b in enumerate(BRANCHES):
+        table += norm(f"norm.{d}", f"{b}_norm")
+    if config.num_labels > 0:
+        for d, b in enumerate(BRANCHES):
+            table += linear(f"head.{d}", f"{b}_head")
+    return table
+
+
+def _timm_names(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """The original release's ``pos_embed.0`` / ``cls_token.0`` as timm's ``pos_embed_0`` (its checkpoint filter)."""
+    return {
+        (key.replace(".", "_") if key.startswith(("pos_embed.", "cls_token.")) else key): value
+        for key, value in state_dict.items()
+    }
+
+
 def convert_timm(state_dict: Mapping[str, np.ndarray], config: CrossViTConfig) -> dict:
     """timm ``CrossVit`` state dict (numpy) -> the params of ``hf_vit_flax.CrossViT`` (unchecked tree).
 
     Takes timm's key names (``pos_embed_0``) and those of the original release (``pos_embed.0``).
     """
-    sd = StateDictReader(state_dict)
+    what = "timm CrossVit"
+    state = _timm_names(state_dict)
+    nested = "blocks.0.fusion.0.norm1.weight" not in state  # else timm's un-nested single fusion block
+    groups = timm_concatenated(config, nested_fusion=nested)
+    return to_flax(concatenate_linears(state, groups, what=what), timm_table(config, nested_fusion=nested), what=what)
 
-    def pop_either(*keys: str) -> np.ndarray:
-        for key in keys:
-            if key in sd:
-                return sd.pop(key)
-        return sd.pop(keys[0])  # raises, naming the key
 
-    params: dict[str, Any] = {}
-    for d, b in enumerate(BRANCHES):
-        p = f"patch_embed.{d}.proj"
-        if config.multi_conv:
-            patch_embed = {f"conv{n + 1}": sd.conv(f"{p}.{index}") for n, index in enumerate((0, 2, 4))}
-        else:
-            patch_embed = {"proj": sd.conv(p)}
-        params[f"{b}_embed"] = {
-            "patch_embed": patch_embed,
-            "cls_token": pop_either(f"cls_token_{d}", f"cls_token.{d}")[0],
-            "pos_embedding": pop_either(f"pos_embed_{d}", f"pos_embed.{d}")[0],
-        }
-    bias = config.qkv_bias
-    for i in range(config.depth):
-        block: dict[str, Any] = {}
-        for d, b in enumerate(BRANCHES):
-            other = BRANCHES[1 - d]
-            for j in range(getattr(config, f"{b}_enc_depth")):
-                p = f"blocks.{i}.blocks.{d}.{j}"
-                block[f"{b}_blocks_{j}"] = {
-                    "norm1": sd.layer_norm(f"{p}.norm1"),
-                    "attn": {"qkv": sd.linear(f"{p}.attn.qkv", bias=bias), "proj": sd.linear(f"{p}.attn.proj")},
-                    "norm2": sd.layer_norm(f"{p}.norm2"),
-                    "mlp": {"fc1": sd.linear(f"{p}.mlp.fc1"), "fc2": sd.linear(f"{p}.mlp.fc2")},
-                }
-            block[f"{b}_proj"] = {
-                "norm": sd.layer_norm(f"blocks.{i}.projs.{d}.0"),
-                "fc": sd.linear(f"blocks.{i}.projs.{d}.2"),
-            }
-            block[f"{b}_revert"] = {
-                "norm": sd.layer_norm(f"blocks.{i}.revert_projs.{d}.0"),
-                "fc": sd.linear(f"blocks.{i}.revert_projs.{d}.2"),
-            }
-            for k in range(config.cross_attn_depth):
-                p = f"blocks.{i}.fusion.{d}.{k}"
-                if k == 0 and config.cross_attn_depth == 1 and f"{p}.norm1.weight" not in sd:
-                    p = f"blocks.{i}.fusion.{d}"  # timm's single, un-nested fusion block (depth[-1] == 0)
-                kv = {
-                    "kernel": np.concatenate(
-                        [linear(sd.pop(f"{p}.attn.wk.weight")), linear(sd.pop(f"{p}.attn.wv.weight"))], axis=1
-                    )
-                }
-                if bias:
-                    kv["bias"] = np.concatenate([sd.pop(f"{p}.attn.wk.bias"), sd.pop(f"{p}.attn.wv.bias")])
-                block[f"{b}_attend_{other}_{k}"] = {
-                    "norm": sd.layer_norm(f"{p}.norm1"),
-                    "q": sd.linear(f"{p}.attn.wq", bias=bias),
-                    "kv": kv,
-                    "proj": sd.linear(f"{p}.attn.proj"),
-                }
-        params[f"blocks_{i}"] = block
-    for d, b in enumerate(BRANCHES):
-        params[f"{b}_norm"] = sd.layer_norm(f"norm.{d}")
-        if f"head.{d}.weight" in sd:
-            params[f"{b}_head"] = sd.linear(f"head.{d}")
-    sd.finish("timm CrossVit")
-    return params
+def export_timm(params: Mapping, config: CrossViTConfig, *, nested_fusion: bool | None = None) -> dict[str, np.ndarray]:
+    """``hf_vit_flax.CrossViT`` params -> a timm ``CrossVit`` state dict (numpy), for ``load_state_dict``
+    (``nested_fusion``: see :func:`timm_table`)."""
+    state = to_torch(params, timm_table(config, nested_fusion=nested_fusion))
+    state = split_linears(state, timm_concatenated(config, nested_fusion=nested_fusion))
+    return {k: np.array(v) for k, v in state.items()}  # writable: torch.from_numpy takes them as they are

@@ -6,19 +6,13 @@ patches: coarse, wide). Each multi-scale block runs both branches' transformer e
 them through the class tokens only: each branch's class token attends to itself and the other
 branch's patch tokens (paper Sec. 3.3), which is linear in the number of tokens.
 
-``CrossViT`` computes exactly one of two reference functions, chosen by ``style``:
-
-* ``'vit_pytorch'`` (default): lucidrains' ``vit_pytorch.cross_vit.CrossViT``. Patch LayerNorm ->
-  Linear -> LayerNorm embeddings; each branch encoder is vit-pytorch's pre-norm ``Transformer`` with a
-  final LayerNorm; the cross attention queries with the normed class token, projected in and out
-  (``ProjectInOut``, plain Linear layers) when the widths differ, and adds it back as a residual; each
-  branch's head is LayerNorm -> Linear on its class token; the logits are the *sum* of the two heads.
-* ``'timm'``: ``timm.models.crossvit.CrossVit`` (the paper authors' code). Convolutional patch
-  embeddings (or the 'dagger' three-convolution stem, ``multi_conv``), per-branch input sizes (the
-  second branch's image is resized inside the forward with PyTorch's bicubic kernel), qkv biases,
-  LayerNorm eps 1e-6, class-token projections LayerNorm -> GELU -> Linear to the other width and back
-  (timm's ``projs`` / ``fusion`` / ``revert_projs``), a final LayerNorm per branch, one Linear head per
-  branch, the *mean* of the two heads.
+``CrossViT`` is that one architecture with named variations (``CrossViTConfig`` documents each):
+the patch embedding (``patch_embedding``, ``multi_conv``), per-branch input sizes, a LayerNorm closing
+each branch encoder (``encoder_norm``), the fusion block (``fusion``: vit-pytorch's ``'project_in_out'``
+or the paper's ``'token_projection'``), a final LayerNorm (``final_norm``), the heads (``head_norm``,
+``head_combine``). ``style='vit_pytorch'`` (lucidrains' ``vit_pytorch.cross_vit.CrossViT``, the
+defaults) and ``style='timm'`` (``timm.models.crossvit.CrossVit``, the paper authors' code) are presets
+of those options, expanded once when the module is built.
 
 The Hugging Face classes at the bottom are config-driven shells around the same module.
 """
@@ -35,11 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ... import weight_tables as wt
 from ...layers import (
     ConvPatchEmbedding,
     CoreModule,
     DropPath,
     Features,
+    LayerNorm,
+    NormLayer,
     PatchEmbedding,
     Transformer,
     TransformerBlock,
@@ -47,14 +44,13 @@ from ...layers import (
     check_image,
     flatten_tokens,
     gelu,
-    layer_norm,
     norm_factory,
     pair,
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
-from .configuration_crossvit import CrossViTConfig, check_crossvit_arguments
+from .configuration_crossvit import CrossViTConfig, check_crossvit_options, expand_style
 
 Dtype = Any
 
@@ -63,6 +59,8 @@ DAGGER_STEMS = {
     12: ((4, 7, 4, 3), (2, 3, 3, 0), (1, 3, 1, 1)),
     16: ((4, 7, 4, 3), (2, 3, 2, 1), (1, 3, 2, 1)),
 }
+# ``token_init``: vit-pytorch's torch.randn, timm's trunc_normal_(std=.02).
+TOKEN_INITIALIZERS = {"normal": nn.initializers.normal(1.0), "trunc_normal": nn.initializers.truncated_normal(0.02)}
 
 
 class DaggerPatchEmbedding(nn.Module):
@@ -98,26 +96,23 @@ class BranchEmbedding(nn.Module):
     dim: int
     image_size: tuple[int, int]
     patch_size: int
-    style: str = "vit_pytorch"
+    patch_embedding: str = "norm_linear"
     multi_conv: bool = False
+    token_init: str = "normal"
     emb_dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.style == "vit_pytorch":
-            self.patch_embed = PatchEmbedding(
-                self.dim, pair(self.patch_size), norm_factory(self.layer_norm_eps, **kw), **kw
-            )
-            init = nn.initializers.normal(1.0)  # torch.randn, as vit-pytorch
+        if self.patch_embedding == "conv" and self.multi_conv:
+            self.patch_embed = DaggerPatchEmbedding(self.dim, self.patch_size, **kw)
+        elif self.patch_embedding == "conv":
+            self.patch_embed = ConvPatchEmbedding(self.dim, pair(self.patch_size), **kw)
         else:
-            if self.multi_conv:
-                self.patch_embed = DaggerPatchEmbedding(self.dim, self.patch_size, **kw)
-            else:
-                self.patch_embed = ConvPatchEmbedding(self.dim, pair(self.patch_size), **kw)
-            init = nn.initializers.truncated_normal(0.02)  # as timm
+            self.patch_embed = PatchEmbedding(self.dim, pair(self.patch_size), self.norm_layer, **kw)
+        init = TOKEN_INITIALIZERS[self.token_init]
         num_patches = (self.image_size[0] // self.patch_size) * (self.image_size[1] // self.patch_size)
         self.cls_token = self.param("cls_token", init, (1, self.dim), self.param_dtype)
         self.pos_embedding = self.param("pos_embedding", init, (num_patches + 1, self.dim), self.param_dtype)
@@ -133,10 +128,10 @@ class BranchEmbedding(nn.Module):
 class CrossAttention(nn.Module):
     """A class token attends to ``[itself, context]`` (paper Sec. 3.3): one query, so linear in the tokens.
 
-    ``norm`` is applied to the class token; with ``norm_context`` (timm) also to the context, which
-    vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only (timm's
-    second and later fusion blocks see only the class token their predecessor returned).
-    Returns the attention output (no residual) and, when asked, the probabilities.
+    ``norm`` is applied to the class token; with ``norm_context`` (the paper's, timm's) also to the context,
+    which vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only (the
+    second and later blocks of ``fusion='token_projection'`` see only the class token their predecessor
+    returned). Returns the attention output (no residual) and, when asked, the probabilities.
     """
 
     dim: int
@@ -145,14 +140,14 @@ class CrossAttention(nn.Module):
     dropout: float = 0.0
     qkv_bias: bool = False
     norm_context: bool = False
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
         dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         inner = self.heads * self.dim_head
-        self.norm = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype)
+        self.norm = self.norm_layer()
         self.q = dense(inner, use_bias=self.qkv_bias)
         self.kv = dense(2 * inner, use_bias=self.qkv_bias)  # keys, then values (vit-pytorch's to_kv)
         self.attn_drop = nn.Dropout(self.dropout)
@@ -191,7 +186,7 @@ class ProjectedCrossAttention(nn.Module):
     dim_head: int
     dropout: float = 0.0
     qkv_bias: bool = False
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -206,7 +201,7 @@ class ProjectedCrossAttention(nn.Module):
             self.dim_head,
             self.dropout,
             qkv_bias=self.qkv_bias,
-            layer_norm_eps=self.layer_norm_eps,
+            norm_layer=self.norm_layer,
             **kw,
         )
 
@@ -218,16 +213,17 @@ class ProjectedCrossAttention(nn.Module):
 
 
 class ClassTokenProjection(nn.Module):
-    """timm's ``projs`` / ``revert_projs`` entries: LayerNorm -> GELU -> Linear to the other branch's width."""
+    """The paper's f / g (timm's ``projs`` / ``revert_projs`` entries): LayerNorm -> GELU -> Linear to the
+    other branch's width and back."""
 
     features: int
-    layer_norm_eps: float = 1e-6
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = gelu(layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x))
+        x = gelu(self.norm_layer(name="norm")(x))
         return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
@@ -235,43 +231,43 @@ class ClassifierHead(nn.Module):
     """vit-pytorch's ``mlp_head``: LayerNorm -> Linear."""
 
     num_classes: int
-    layer_norm_eps: float = 1e-5
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        x = layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, name="norm")(x)
+        x = self.norm_layer(name="norm")(x)
         return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
 
 
 class CrossViTHead(nn.Module):
-    """One head per branch, ``sm_head`` and ``lg_head`` (vit-pytorch: LayerNorm -> Linear; timm: Linear).
+    """One head per branch, ``sm_head`` and ``lg_head`` (LayerNorm -> Linear with ``head_norm``, else Linear).
 
-    Splits the pooled features into the two branches, classifies each, and combines the logits (vit-pytorch
-    sums them, timm averages them).
+    Splits the pooled features into the two branches, classifies each, and combines the logits
+    (``head_combine``: vit-pytorch sums them, timm averages them).
     """
 
     num_classes: int
     sm_dim: int
-    style: str = "vit_pytorch"
-    layer_norm_eps: float = 1e-5
+    head_norm: bool = True
+    head_combine: str = "sum"
+    norm_layer: NormLayer = LayerNorm
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        if self.style == "vit_pytorch":
-            self.sm_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
-            self.lg_head = ClassifierHead(self.num_classes, self.layer_norm_eps, **kw)
+        if self.head_norm:
+            self.sm_head = ClassifierHead(self.num_classes, self.norm_layer, **kw)
+            self.lg_head = ClassifierHead(self.num_classes, self.norm_layer, **kw)
         else:
             self.sm_head = nn.Dense(self.num_classes, **kw)
             self.lg_head = nn.Dense(self.num_classes, **kw)
 
     def __call__(self, pooled):
-        sm_logits = self.sm_head(pooled[..., : self.sm_dim])
-        lg_logits = self.lg_head(pooled[..., self.sm_dim :])
-        return sm_logits + lg_logits if self.style == "vit_pytorch" else (sm_logits + lg_logits) / 2
+        logits = self.sm_head(pooled[..., : self.sm_dim]) + self.lg_head(pooled[..., self.sm_dim :])
+        return logits / 2 if self.head_combine == "mean" else logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,40 +281,87 @@ class BranchSpec:
     mlp_dim: int
 
 
-class MultiScaleEncoderLayer(nn.Module):
-    """vit-pytorch's multi-scale encoder layer: both branch ``Transformer`` s, then ``cross_depth`` rounds of
-    class-token cross attention, each ``cls = ProjectInOut(Attention)(cls, other patches) + cls``."""
+class MultiScaleBlock(nn.Module):
+    """One multi-scale block: each branch's pre-norm transformer blocks, then the class tokens fused across
+    the branches by the sub-class (:class:`ProjectInOutBlock`, :class:`TokenProjectionBlock`: ``fusion``).
+
+    ``encoder_norm``: each branch's blocks and a final LayerNorm form vit-pytorch's ``Transformer``
+    (parameters under ``{branch}_encoder``); without it the blocks sit in the multi-scale block itself
+    (``{branch}_blocks_j``, timm's layout), with stochastic depth at the given rates.
+    """
 
     sm: BranchSpec
     lg: BranchSpec
     cross_depth: int
-    cross_heads: int
-    cross_dim_head: int
     dropout: float = 0.0
     qkv_bias: bool = False
-    layer_norm_eps: float = 1e-5
+    encoder_norm: bool = True
+    norm_layer: NormLayer = LayerNorm
+    sm_drop_path: tuple[float, ...] = ()
+    lg_drop_path: tuple[float, ...] = ()
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(
+            qkv_bias=self.qkv_bias, norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        block_cls = remat_if(TransformerBlock, self.remat)
 
-        def encoder(b: BranchSpec):
+        def transformer(b: BranchSpec):
             # cross_vit's Attention always has its output projection (unlike vit.py's project_out rule).
-            return Transformer(
-                b.dim,
-                b.depth,
-                b.heads,
-                b.dim_head,
-                b.mlp_dim,
-                self.dropout,
-                qkv_bias=self.qkv_bias,
-                norm_layer=norm_factory(self.layer_norm_eps, **kw),
-                remat=self.remat,
-                **kw,
-            )
+            return Transformer(b.dim, b.depth, b.heads, b.dim_head, b.mlp_dim, self.dropout, remat=self.remat, **common)
 
+        def blocks(b: BranchSpec, rates: tuple[float, ...]):
+            rates = rates or (0.0,) * b.depth
+            return [
+                block_cls(b.dim, b.heads, b.dim_head, b.mlp_dim, self.dropout, drop_path=r, **common) for r in rates
+            ]
+
+        if self.encoder_norm:
+            if any(self.sm_drop_path + self.lg_drop_path):
+                raise ValueError("stochastic depth needs encoder_norm=False (vit-pytorch's Transformer has none)")
+            self.sm_encoder = transformer(self.sm)
+            self.lg_encoder = transformer(self.lg)
+        else:
+            self.sm_blocks = blocks(self.sm, self.sm_drop_path)
+            self.lg_blocks = blocks(self.lg, self.lg_drop_path)
+        self.setup_fusion()
+
+    def setup_fusion(self) -> None:
+        raise NotImplementedError
+
+    def fuse(self, sm_tokens, lg_tokens, deterministic: bool):
+        """Both branches' tokens with their class tokens updated from the other branch."""
+        raise NotImplementedError
+
+    def encode(self, branch: str, x, deterministic: bool, output_attentions: bool):
+        if self.encoder_norm:
+            encoder = getattr(self, f"{branch}_encoder")
+            x, _, weights = encoder(x, deterministic=deterministic, output_attentions=output_attentions)
+            return x, weights
+        weights = ()
+        for block in getattr(self, f"{branch}_blocks"):
+            x, w = block(x, deterministic, output_attentions)
+            weights += (w,)
+        return x, weights if output_attentions else None
+
+    def __call__(self, sm_tokens, lg_tokens, deterministic: bool = True, output_attentions: bool = False):
+        sm_tokens, sm_weights = self.encode("sm", sm_tokens, deterministic, output_attentions)
+        lg_tokens, lg_weights = self.encode("lg", lg_tokens, deterministic, output_attentions)
+        sm_tokens, lg_tokens = self.fuse(sm_tokens, lg_tokens, deterministic)
+        return sm_tokens, lg_tokens, (sm_weights, lg_weights)
+
+
+class ProjectInOutBlock(MultiScaleBlock):
+    """``fusion='project_in_out'``, vit-pytorch's ``CrossTransformer``: ``cross_depth`` rounds of
+    ``cls = ProjectInOut(Attention)(cls, other branch's patches) + cls``, in each branch's own width."""
+
+    cross_heads: int = 8
+    cross_dim_head: int = 64
+
+    def setup_fusion(self) -> None:
         def cross(dim: int, context_dim: int):
             return ProjectedCrossAttention(
                 dim,
@@ -327,96 +370,49 @@ class MultiScaleEncoderLayer(nn.Module):
                 self.cross_dim_head,
                 self.dropout,
                 self.qkv_bias,
-                self.layer_norm_eps,
-                **kw,
+                self.norm_layer,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
             )
 
-        self.sm_encoder = encoder(self.sm)
-        self.lg_encoder = encoder(self.lg)
         self.sm_attend_lg = [cross(self.sm.dim, self.lg.dim) for _ in range(self.cross_depth)]
         self.lg_attend_sm = [cross(self.lg.dim, self.sm.dim) for _ in range(self.cross_depth)]
 
-    def __call__(self, sm_tokens, lg_tokens, deterministic: bool = True, output_attentions: bool = False):
-        sm_tokens, _, sm_weights = self.sm_encoder(
-            sm_tokens, deterministic=deterministic, output_attentions=output_attentions
-        )
-        lg_tokens, _, lg_weights = self.lg_encoder(
-            lg_tokens, deterministic=deterministic, output_attentions=output_attentions
-        )
+    def fuse(self, sm_tokens, lg_tokens, deterministic: bool):
         sm_cls, sm_patches = sm_tokens[:, :1], sm_tokens[:, 1:]
         lg_cls, lg_patches = lg_tokens[:, :1], lg_tokens[:, 1:]
         kw = dict(deterministic=deterministic)
         for sm_attend_lg, lg_attend_sm in zip(self.sm_attend_lg, self.lg_attend_sm, strict=True):
             sm_cls = sm_attend_lg(sm_cls, lg_patches, **kw)[0] + sm_cls
             lg_cls = lg_attend_sm(lg_cls, sm_patches, **kw)[0] + lg_cls
-        sm_tokens = jnp.concatenate([sm_cls, sm_patches], axis=1)
-        lg_tokens = jnp.concatenate([lg_cls, lg_patches], axis=1)
-        return sm_tokens, lg_tokens, (sm_weights, lg_weights)
+        return jnp.concatenate([sm_cls, sm_patches], axis=1), jnp.concatenate([lg_cls, lg_patches], axis=1)
 
 
-class MultiScaleBlock(nn.Module):
-    """timm's ``MultiScaleBlock``: both branches' pre-norm blocks, then per branch: its class token projected
-    (LayerNorm -> GELU -> Linear) to the other width, ``cross_depth`` cross-attention blocks over
-    ``[class token, other branch's patch tokens]`` with the residual in that width, projected back; the
-    result replaces the class token (no residual in the branch's own width, as in timm)."""
+class TokenProjectionBlock(MultiScaleBlock):
+    """``fusion='token_projection'``, the paper's cross-attention fusion (Eq. 8-9; timm's ``MultiScaleBlock``):
+    per branch, its class token projected (LayerNorm -> GELU -> Linear) to the other width, ``cross_depth``
+    cross-attention blocks over ``[class token, other branch's patch tokens]`` with the residual in that width
+    (stochastic depth ``fusion_drop_path``), projected back; the result replaces the class token (no residual in
+    the branch's own width, as in timm). The heads are those of the branch whose width the attention runs in."""
 
-    sm: BranchSpec
-    lg: BranchSpec
-    cross_depth: int
-    dropout: float = 0.0
-    qkv_bias: bool = True
-    layer_norm_eps: float = 1e-6
-    sm_drop_path: tuple[float, ...] = ()
-    lg_drop_path: tuple[float, ...] = ()
     fusion_drop_path: float = 0.0
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
-    def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        block_cls = remat_if(TransformerBlock, self.remat)
-
-        def blocks(b: BranchSpec, rates: tuple[float, ...]):
-            return [
-                block_cls(
-                    b.dim,
-                    b.heads,
-                    b.dim_head,
-                    b.mlp_dim,
-                    self.dropout,
-                    qkv_bias=self.qkv_bias,
-                    norm_layer=norm_factory(self.layer_norm_eps, **kw),
-                    drop_path=rates[j] if rates else 0.0,
-                    **kw,
-                )
-                for j in range(b.depth)
-            ]
+    def setup_fusion(self) -> None:
+        kw = dict(norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype)
 
         def cross(b: BranchSpec):
             # Runs in the width of branch ``b`` with its heads (timm: num_heads[(d + 1) % 2]).
             return [
-                CrossAttention(
-                    b.dim,
-                    b.heads,
-                    b.dim_head,
-                    self.dropout,
-                    self.qkv_bias,
-                    norm_context=True,
-                    layer_norm_eps=self.layer_norm_eps,
-                    **kw,
-                )
+                CrossAttention(b.dim, b.heads, b.dim_head, self.dropout, self.qkv_bias, norm_context=True, **kw)
                 for _ in range(self.cross_depth)
             ]
 
-        self.sm_blocks = blocks(self.sm, self.sm_drop_path)
-        self.lg_blocks = blocks(self.lg, self.lg_drop_path)
-        self.sm_proj = ClassTokenProjection(self.lg.dim, self.layer_norm_eps, **kw)
-        self.lg_proj = ClassTokenProjection(self.sm.dim, self.layer_norm_eps, **kw)
+        self.sm_proj = ClassTokenProjection(self.lg.dim, **kw)
+        self.lg_proj = ClassTokenProjection(self.sm.dim, **kw)
         self.sm_attend_lg = cross(self.lg)
         self.lg_attend_sm = cross(self.sm)
-        self.sm_revert = ClassTokenProjection(self.sm.dim, self.layer_norm_eps, **kw)
-        self.lg_revert = ClassTokenProjection(self.lg.dim, self.layer_norm_eps, **kw)
+        self.sm_revert = ClassTokenProjection(self.sm.dim, **kw)
+        self.lg_revert = ClassTokenProjection(self.lg.dim, **kw)
         self.drop_path = DropPath(self.fusion_drop_path)
 
     def _fuse(self, tokens, other, proj, attends, revert, deterministic):
@@ -426,19 +422,11 @@ class MultiScaleBlock(nn.Module):
             class_token = class_token + self.drop_path(y, deterministic=deterministic)
         return jnp.concatenate([revert(class_token), tokens[:, 1:]], axis=1)
 
-    def __call__(self, sm_tokens, lg_tokens, deterministic: bool = True, output_attentions: bool = False):
-        sm_weights, lg_weights = (), ()
-        for block in self.sm_blocks:
-            sm_tokens, weights = block(sm_tokens, deterministic, output_attentions)
-            sm_weights += (weights,)
-        for block in self.lg_blocks:
-            lg_tokens, weights = block(lg_tokens, deterministic, output_attentions)
-            lg_weights += (weights,)
+    def fuse(self, sm_tokens, lg_tokens, deterministic: bool):
         # Both fusions read the encoders' outputs (timm's outs_b), not each other's results.
         sm_fused = self._fuse(sm_tokens, lg_tokens, self.sm_proj, self.sm_attend_lg, self.sm_revert, deterministic)
         lg_fused = self._fuse(lg_tokens, sm_tokens, self.lg_proj, self.lg_attend_sm, self.lg_revert, deterministic)
-        attentions = (sm_weights, lg_weights) if output_attentions else (None, None)
-        return sm_fused, lg_fused, attentions
+        return sm_fused, lg_fused
 
 
 def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, cross_depth: int):
@@ -471,32 +459,21 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
 
 
 class CrossViT(CoreModule):
-    """CrossViT with vit-pytorch's constructor arguments (plus timm's options); NHWC images.
+    """CrossViT with vit-pytorch's constructor arguments (plus named options); NHWC images.
 
-    ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum of the two
-    branch heads (``style='vit_pytorch'``) or their mean (``style='timm'``). With ``num_classes <= 0``
-    there are no heads and it returns the pooled features (see ``forward_features``), as timm does.
-    Dropout (``dropout``, ``emb_dropout``) and stochastic depth are active only with ``train=True``
-    and then need a ``'dropout'`` rng.
+    ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum (``head_combine='sum'``,
+    vit-pytorch) or the mean (``'mean'``, timm) of the two branch heads. With ``num_classes <= 0`` there are no
+    heads and it returns the pooled features (see ``forward_features``), as timm does. Dropout (``dropout``,
+    ``emb_dropout``) and stochastic depth are active only with ``train=True`` and then need a ``'dropout'`` rng.
 
-    Fields beyond vit-pytorch's (all with defaults that keep vit-pytorch's function):
-        style: ``'vit_pytorch'`` or ``'timm'`` (see the module docstring).
-        sm_image_size, lg_image_size: the size each branch sees (timm's ``img_size * img_scale``, e.g. 240
-            and 224); a branch whose size differs from ``image_size`` gets the image resized inside the
-            forward with PyTorch's bicubic kernel (a=-0.75, align_corners=False, no antialias:
-            ``jax.image.resize(method='bicubic-pytorch', antialias=False)``), or centre-cropped with
-            ``crop_scale`` when it is smaller. ``None``: ``image_size``.
-        multi_conv: timm's 'dagger' three-convolution patch embedding (patch sizes 12 and 16).
-        qkv_bias: biases in the query/key/value projections.
-        crop_scale: timm's crop-instead-of-resize option.
-        global_pool: ``'token'`` (class tokens) or ``'avg'`` (mean of the patch tokens).
-        layer_norm_eps: LayerNorm epsilon (1e-5 in vit-pytorch, 1e-6 in timm).
-        drop_path_rate: stochastic depth with timm's schedule (``style='timm'``).
-        remat, dtype, param_dtype: gradient checkpointing, computation and parameter dtypes.
-
-    In ``style='timm'`` the cross attention runs with the heads of the branch whose width it runs in,
-    so ``cross_attn_heads`` / ``cross_attn_dim_head`` are ignored, and ``sm_enc_heads *
-    sm_enc_dim_head`` must equal ``sm_dim`` (likewise for the large branch).
+    The fields after ``channels`` are ``CrossViTConfig``'s (documented there): ``style`` is a preset, expanded
+    once, when the module is built, into the named options it leaves unset (``None``), so
+    ``CrossViT(..., style='timm')`` reads back ``fusion='token_projection'`` and so on; without a style the
+    options default to vit-pytorch's. A branch whose size (``sm_image_size``, ``lg_image_size``) differs from
+    ``image_size`` gets the image resized inside the forward with PyTorch's bicubic kernel (a=-0.75,
+    align_corners=False, no antialias: ``jax.image.resize(method='bicubic-pytorch', antialias=False)``), or
+    centre-cropped with ``crop_scale`` when it is smaller. ``remat``, ``dtype``, ``param_dtype``: gradient
+    checkpointing, computation and parameter dtypes.
     """
 
     headless_output = "pooler_output"
@@ -516,13 +493,13 @@ class CrossViT(CoreModule):
     lg_enc_mlp_dim: int = 2048
     lg_enc_dim_head: int = 64
     cross_attn_depth: int = 2
-    cross_attn_heads: int | None = 8
-    cross_attn_dim_head: int | None = 64
+    cross_attn_heads: int | None = None
+    cross_attn_dim_head: int | None = None
     depth: int = 3
     dropout: float = 0.1
     emb_dropout: float = 0.1
     channels: int = 3
-    style: str = "vit_pytorch"
+    style: str | None = None
     sm_image_size: int | tuple[int, int] | None = None
     lg_image_size: int | tuple[int, int] | None = None
     multi_conv: bool = False
@@ -531,6 +508,13 @@ class CrossViT(CoreModule):
     global_pool: str = "token"
     layer_norm_eps: float = 1e-5
     drop_path_rate: float = 0.0
+    patch_embedding: str | None = None
+    token_init: str | None = None
+    encoder_norm: bool | None = None
+    fusion: str | None = None
+    final_norm: bool | None = None
+    head_norm: bool | None = None
+    head_combine: str | None = None
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -538,21 +522,42 @@ class CrossViT(CoreModule):
     head_class = CrossViTHead
     config_class = CrossViTConfig
 
+    def __post_init__(self):
+        # The preset, once: the options it fills are ordinary field values from here on.
+        for name, value in expand_style({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}).items():
+            object.__setattr__(self, name, value)
+        super().__post_init__()
+
+    @property
+    def norm_layer(self) -> NormLayer:
+        """Every LayerNorm of the model (eps and dtypes set once)."""
+        return norm_factory(self.layer_norm_eps, self.dtype, self.param_dtype)
+
+    @classmethod
+    def head_module(cls, kwargs: dict) -> nn.Module:
+        # The HF classifier shell passes the config's options: the head's norm factory is made from them.
+        if "norm_layer" not in kwargs:
+            dtypes = {k: kwargs[k] for k in ("dtype", "param_dtype") if k in kwargs}
+            kwargs = {**kwargs, "norm_layer": norm_factory(kwargs.get("layer_norm_eps", 1e-5), **dtypes)}
+        return super().head_module(kwargs)
+
     @property
     def branch_image_sizes(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """(small branch, large branch) input sizes."""
         return tuple(pair(s if s is not None else self.image_size) for s in (self.sm_image_size, self.lg_image_size))
 
     def setup(self):
-        check_crossvit_arguments(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        check_crossvit_options(self)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm_layer = self.norm_layer
         sm_size, lg_size = self.branch_image_sizes
         embed = functools.partial(
             BranchEmbedding,
-            style=self.style,
+            patch_embedding=self.patch_embedding,
             multi_conv=self.multi_conv,
+            token_init=self.token_init,
             emb_dropout=self.emb_dropout,
-            layer_norm_eps=self.layer_norm_eps,
+            norm_layer=norm_layer,
             **kw,
         )
         self.sm_embed = embed(self.sm_dim, sm_size, self.sm_patch_size)
@@ -560,34 +565,36 @@ class CrossViT(CoreModule):
 
         sm = BranchSpec(self.sm_dim, self.sm_enc_depth, self.sm_enc_heads, self.sm_enc_dim_head, self.sm_enc_mlp_dim)
         lg = BranchSpec(self.lg_dim, self.lg_enc_depth, self.lg_enc_heads, self.lg_enc_dim_head, self.lg_enc_mlp_dim)
-        common = dict(
-            dropout=self.dropout, qkv_bias=self.qkv_bias, layer_norm_eps=self.layer_norm_eps, remat=self.remat, **kw
+        rates = timm_drop_path_rates(
+            self.drop_path_rate, self.depth, self.sm_enc_depth, self.lg_enc_depth, self.cross_attn_depth
         )
-        if self.style == "vit_pytorch":
-            self.blocks = [
-                MultiScaleEncoderLayer(
-                    sm, lg, self.cross_attn_depth, self.cross_attn_heads, self.cross_attn_dim_head, **common
+        blocks = []
+        for sm_rates, lg_rates, fusion_rate in rates:
+            if self.fusion == "token_projection":
+                fusion = functools.partial(TokenProjectionBlock, fusion_drop_path=fusion_rate)
+            else:
+                fusion = functools.partial(
+                    ProjectInOutBlock, cross_heads=self.cross_attn_heads, cross_dim_head=self.cross_attn_dim_head
                 )
-                for _ in range(self.depth)
-            ]
-        else:
-            rates = timm_drop_path_rates(
-                self.drop_path_rate, self.depth, self.sm_enc_depth, self.lg_enc_depth, self.cross_attn_depth
-            )
-            self.blocks = [
-                MultiScaleBlock(
+            blocks.append(
+                fusion(
                     sm,
                     lg,
                     self.cross_attn_depth,
-                    sm_drop_path=sm_rates,
-                    lg_drop_path=lg_rates,
-                    fusion_drop_path=fusion_rate,
-                    **common,
+                    self.dropout,
+                    self.qkv_bias,
+                    self.encoder_norm,
+                    norm_layer,
+                    sm_rates,
+                    lg_rates,
+                    remat=self.remat,
+                    **kw,
                 )
-                for sm_rates, lg_rates, fusion_rate in rates
-            ]
-            self.sm_norm = layer_norm(self.layer_norm_eps, **kw)
-            self.lg_norm = layer_norm(self.layer_norm_eps, **kw)
+            )
+        self.blocks = blocks
+        if self.final_norm:
+            self.sm_norm = norm_layer()
+            self.lg_norm = norm_layer()
         self.setup_head()
 
     def _branch_input(self, img, size: tuple[int, int]):
@@ -611,13 +618,13 @@ class CrossViT(CoreModule):
 
         Returns ``Features`` with
             last_hidden_state: the small-patch branch's tokens ``(batch, 1 + patches, sm_dim)`` (after
-                timm's final norm; vit-pytorch has none before its heads);
+                ``final_norm``, when set);
             pooler_output: both branches' pooled features concatenated, ``(batch, sm_dim + lg_dim)``: the
                 class tokens (or patch-token means), what ``forward_head`` splits and classifies (timm's
                 ``pre_logits``);
             hidden_states: when asked, the small-patch branch's tokens ``(batch, 1 + patches, sm_dim)``
                 per stage: the embeddings, then each multi-scale block's output (``hidden_states[-1]``
-                is the last block's, before timm's final norm);
+                is the last block's, before ``final_norm``);
             attentions: when asked, the small-patch branch's self-attention probabilities
                 ``(batch, heads, tokens, tokens)``, one per encoder block in order (all multi-scale blocks);
             extra: the large-patch branch's, in the same structure, as ``lg_hidden_states`` and
@@ -637,13 +644,52 @@ class CrossViT(CoreModule):
             if output_attentions:
                 attentions[0].extend(sm_weights)
                 attentions[1].extend(lg_weights)
-        if self.style == "timm":
+        if self.final_norm:
             sm, lg = self.sm_norm(sm), self.lg_norm(lg)
         pooled = jnp.concatenate([self._pool(sm), self._pool(lg)], axis=-1)
         hidden_states = tuple(map(tuple, hidden_states)) if output_hidden_states else (None, None)
         attentions = tuple(map(tuple, attentions)) if output_attentions else (None, None)
         extra = {"lg_hidden_states": hidden_states[1], "lg_attentions": attentions[1]}
         return Features(sm, pooled, hidden_states[0], attentions[0], extra)
+
+
+# -- weight maps of the family's own layers (hf_vit_flax.weight_tables; composed in convert_crossvit) ---------
+
+# The PyTorch names of a CrossAttention's parts: timm's CrossAttentionBlock (its wk and wv concatenated into
+# one "wkv" by the converter) and vit-pytorch's cross_vit.Attention.
+TIMM_CROSS_ATTENTION = {"norm": "norm1", "q": "attn.wq", "kv": "attn.wkv", "proj": "attn.proj"}
+VIT_PYTORCH_CROSS_ATTENTION = {"norm": "norm", "q": "to_q", "kv": "to_kv", "proj": "to_out.0"}
+
+
+def dagger_patch_embedding_table(torch: str, flax: str) -> wt.Table:
+    """timm's ``PatchEmbed(multi_conv=True)`` (``{torch}.proj.{0,2,4}``, ReLUs between) <-> :class:`DaggerPatchEmbedding`."""
+    return [e for n, i in enumerate((0, 2, 4)) for e in wt.conv(f"{torch}.proj.{i}", f"{flax}/conv{n + 1}")]
+
+
+def cross_attention_table(torch: str, flax: str, names: dict[str, str], *, qkv_bias: bool) -> wt.Table:
+    """The weight map of one :class:`CrossAttention` (``names``: the PyTorch name of each part)."""
+    t = lambda part: wt.join(torch, names[part], ".")  # noqa: E731
+    return [
+        *wt.norm(t("norm"), f"{flax}/norm"),
+        *wt.linear(t("q"), f"{flax}/q", bias=qkv_bias),
+        *wt.linear(t("kv"), f"{flax}/kv", bias=qkv_bias),
+        *wt.linear(t("proj"), f"{flax}/proj"),
+    ]
+
+
+def projected_cross_attention_table(torch: str, flax: str, *, projected: bool) -> wt.Table:
+    """vit-pytorch's ``ProjectInOut(Attention)`` <-> :class:`ProjectedCrossAttention` (``projected``: the widths
+    differ, so ``project_in`` / ``project_out`` are Linear layers, not identities)."""
+    table = cross_attention_table(f"{torch}.fn", f"{flax}/attn", VIT_PYTORCH_CROSS_ATTENTION, qkv_bias=False)
+    if projected:
+        table += [*wt.linear(f"{torch}.project_in", f"{flax}/project_in")]
+        table += [*wt.linear(f"{torch}.project_out", f"{flax}/project_out")]
+    return table
+
+
+def class_token_projection_table(torch: str, flax: str) -> wt.Table:
+    """timm's ``Sequential(norm, act, Linear)`` (``{torch}.0``, ``{torch}.2``) <-> :class:`ClassTokenProjection`."""
+    return [*wt.norm(f"{torch}.0", f"{flax}/norm"), *wt.linear(f"{torch}.2", f"{flax}/fc")]
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------

@@ -208,7 +208,10 @@ class _FlaxPreTrainedModel:
         freshly initialised) or extra (a classifier checkpoint loaded as a base model). With
         ``ignore_mismatched_sizes=True``, parameters whose shapes differ (a head for another number of
         labels) are freshly initialised instead. Weights must be floating point, and finite unless
-        ``allow_non_finite=True``.
+        ``allow_non_finite=True``. Names, dtypes and shapes are checked from the shard index and the
+        safetensors headers before any tensor data is read (``check_checkpoint`` makes that check alone);
+        the tensors are then read one shard after the other into the model's arrays, so loading needs
+        about one model's worth of memory, sharded or not.
         """
         token = kwargs.pop("use_auth_token", token)
         for name in _IGNORED_LOAD_KWARGS:
@@ -251,7 +254,11 @@ class _FlaxPreTrainedModel:
         return model
 
     def _checkpoint_to_model_keys(self, state: dict[tuple, Any]) -> dict[tuple, Any]:
-        """Map a checkpoint's flat keys onto the model's layout (sub-classes: older layouts, prefixes)."""
+        """Map a checkpoint's flat keys onto the model's layout (sub-classes: older layouts, prefixes).
+
+        Keys only: the values may be tensors not read yet (:class:`~hf_vit_flax.checkpoint.StoredTensor`),
+        so they are passed through as they are.
+        """
         return state
 
     def _optional_key(self, key: tuple) -> bool:

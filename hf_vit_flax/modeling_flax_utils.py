@@ -91,6 +91,10 @@ class _FlaxPreTrainedModel:
     def init_weights(self, rng: jax.Array, input_shape: tuple, params: FrozenDict | None = None) -> dict:
         raise NotImplementedError(f"{type(self).__name__} does not implement init_weights")
 
+    def _init_compiler_options(self) -> dict:
+        """``compiler_options`` for a top-level ``jax.jit`` of ``init_weights`` (sub-classes: per model size)."""
+        return {}
+
     @classmethod
     def _from_config(cls, config, **kwargs):
         return cls(config, **kwargs)
@@ -204,7 +208,10 @@ class _FlaxPreTrainedModel:
         freshly initialised) or extra (a classifier checkpoint loaded as a base model). With
         ``ignore_mismatched_sizes=True``, parameters whose shapes differ (a head for another number of
         labels) are freshly initialised instead. Weights must be floating point, and finite unless
-        ``allow_non_finite=True``.
+        ``allow_non_finite=True``. Names, dtypes and shapes are checked from the shard index and the
+        safetensors headers before any tensor data is read (``check_checkpoint`` makes that check alone);
+        the tensors are then read one shard after the other into the model's arrays, so loading needs
+        about one model's worth of memory, sharded or not.
         """
         token = kwargs.pop("use_auth_token", token)
         for name in _IGNORED_LOAD_KWARGS:
@@ -234,9 +241,11 @@ class _FlaxPreTrainedModel:
                 config.label2id = {label: int(i) for i, label in config.id2label.items()}
         else:
             model_kwargs = kwargs
-        state = ckpt.read_weights(location.weights_files(), allow_non_finite=allow_non_finite)
+        state = _scan_checkpoint(location)  # names, dtypes and shapes: no tensor data read yet
         model = cls(config, *model_args, seed=seed, dtype=dtype, _do_init=False, **model_kwargs)
-        params = model._params_from_checkpoint(state, location.describe(), ignore_mismatched_sizes)
+        params = model._params_from_checkpoint(
+            state, location.describe(), ignore_mismatched_sizes, allow_non_finite=allow_non_finite
+        )
         model._after_load(location)
         if not _do_init:
             return model, freeze(params) if isinstance(model.params_shape_tree, FrozenDict) else params
@@ -245,15 +254,44 @@ class _FlaxPreTrainedModel:
         return model
 
     def _checkpoint_to_model_keys(self, state: dict[tuple, Any]) -> dict[tuple, Any]:
-        """Map a checkpoint's flat keys onto the model's layout (sub-classes: older layouts, prefixes)."""
+        """Map a checkpoint's flat keys onto the model's layout (sub-classes: older layouts, prefixes).
+
+        Keys only: the values may be tensors not read yet (:class:`~hf_vit_flax.checkpoint.StoredTensor`),
+        so they are passed through as they are.
+        """
         return state
 
     def _optional_key(self, key: tuple) -> bool:
         """Whether a parameter may be absent from a checkpoint (then random) or extra in it (then dropped)."""
         return False
 
-    def _params_from_checkpoint(self, state: dict[tuple, Any], source: str, ignore_mismatched_sizes: bool) -> dict:
-        """The model's parameter tree from a checkpoint's flat state, strictly checked."""
+    def check_checkpoint(
+        self, pretrained_model_name_or_path: str | os.PathLike, *, ignore_mismatched_sizes: bool = False, **kwargs
+    ) -> None:
+        """Check that a checkpoint loads into this model, from its shard index and file headers alone.
+
+        ``from_pretrained`` makes the same check before it reads any tensor data; this method makes only
+        the check, so a checkpoint of many gigabytes is judged in milliseconds (safetensors files are not
+        read past their headers; a msgpack file has none and is read whole). Raises ``ValueError``
+        naming the missing, unexpected and mis-shaped keys, or the tensors that are not floating point;
+        ``OSError`` for missing, damaged or inconsistent files (a shard that lacks a tensor its index
+        places there). Keyword arguments locate the checkpoint as in ``from_pretrained``: ``subfolder``,
+        ``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``.
+        """
+        location = ckpt.CheckpointLocation(os.fspath(pretrained_model_name_or_path), **kwargs)
+        if location.folder is not None:
+            ckpt.recover(location.folder)
+        self._match_checkpoint(_scan_checkpoint(location), location.describe(), ignore_mismatched_sizes)
+
+    def _match_checkpoint(
+        self, state: dict[tuple, Any], source: str, ignore_mismatched_sizes: bool
+    ) -> tuple[dict[tuple, Any], list[tuple]]:
+        """Which checkpoint tensor each parameter comes from, and which parameters are initialised afresh.
+
+        Strict: reads only the keys and the ``shape`` of the values, which may be tensors not yet read
+        (:class:`~hf_vit_flax.checkpoint.StoredTensor`), and raises ``ValueError`` naming every missing,
+        unexpected and mis-shaped key.
+        """
         state = self._checkpoint_to_model_keys(state)
         expected = flatten_dict(unfreeze(self.params_shape_tree))
         missing = sorted(k for k in expected if k not in state and not self._optional_key(k))
@@ -271,11 +309,17 @@ class _FlaxPreTrainedModel:
                 f"missing keys {_abbrev(['/'.join(k) for k in missing])}, unexpected keys "
                 f"{_abbrev(['/'.join(k) for k in unexpected])}, mismatched shapes {_abbrev(shapes)}.{hint}"
             )
-        params = {k: state[k] for k in expected if k in state and k not in mismatched}
-        fresh = [k for k in expected if k not in params]
+        tensors = {k: state[k] for k in expected if k in state and k not in mismatched}
+        return tensors, [k for k in expected if k not in tensors]
+
+    def _params_from_checkpoint(
+        self, state: dict[tuple, Any], source: str, ignore_mismatched_sizes: bool, allow_non_finite: bool = False
+    ) -> dict:
+        """The model's parameter tree from a checkpoint's flat state, strictly checked before anything is read."""
+        tensors, fresh = self._match_checkpoint(state, source, ignore_mismatched_sizes)
+        params = ckpt.read_tensors(tensors, source=source, allow_non_finite=allow_non_finite)
         if fresh:
-            random_params = flatten_dict(unfreeze(self.init_weights(self.key, self.input_shape)))
-            params.update({k: random_params[k] for k in fresh})
+            params.update(self._fresh_params(fresh))
             import logging
 
             logging.getLogger(__name__).warning(
@@ -286,6 +330,18 @@ class _FlaxPreTrainedModel:
             )
         self._missing_keys = set()
         return unflatten_dict(params)
+
+    def _fresh_params(self, keys: list[tuple]) -> dict[tuple, Any]:
+        """Randomly initialised values of the parameters ``keys`` (a new head), the values a full
+        ``init_weights`` gives them; under ``jax.jit`` the compiler drops the rest of the initialisation,
+        so a new head on a backbone of many gigabytes costs the head, not a second copy of the model."""
+
+        def init(rng):
+            flat = flatten_dict(unfreeze(self.init_weights(rng, self.input_shape)))
+            return {"/".join(k): flat[k] for k in keys}
+
+        values = jax.jit(init, compiler_options=self._init_compiler_options() or None)(self.key)
+        return {k: values["/".join(k)] for k in keys}
 
     def _after_load(self, location: ckpt.CheckpointLocation) -> None:
         """Load what else the checkpoint holds (sub-classes: the image processor)."""
@@ -376,6 +432,14 @@ class _FlaxPreTrainedModel:
                 revision=revision,
                 create_pr=create_pr,
             )
+
+
+def _scan_checkpoint(location: ckpt.CheckpointLocation) -> dict[tuple, Any]:
+    """A checkpoint's tensors as its index and headers describe them; non-float dtypes are refused."""
+    weights = location.weights()
+    state = ckpt.scan_weights(weights)
+    ckpt.check_dtypes(state, source=weights.describe())
+    return state
 
 
 def _abbrev(keys: list[str], limit: int = 12) -> str:

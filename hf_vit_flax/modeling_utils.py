@@ -179,13 +179,16 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         super().__init__(config, module, input_shape=input_shape, seed=seed, dtype=dtype, _do_init=_do_init)
 
     # -- parameters ---------------------------------------------------------------------------------
+    def _init_compiler_options(self) -> dict:
+        return init_compiler_options(self.config.estimate_num_parameters())
+
     def init_weights(self, rng: jax.Array, input_shape: tuple, params=None):
         pixel_values = jnp.zeros(input_shape, dtype=jnp.float32)
         params_rng, dropout_rng = jax.random.split(rng)
         # Jitted: an eager init dispatches every op on its own (minutes for the larger families).
         # (compiler options are for a top-level jit only: not under eval_shape or a caller's jit).
         traced = isinstance(rng, jax.core.Tracer)
-        options = {} if traced else init_compiler_options(self.config.estimate_num_parameters())
+        options = {} if traced else self._init_compiler_options()
         init = jax.jit(self.module.init, static_argnames="return_dict", compiler_options=options or None)
         random_params = init({"params": params_rng, "dropout": dropout_rng}, pixel_values, return_dict=False)["params"]
         if params is None:

@@ -11,7 +11,7 @@ from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
 from .models.crossformer import configuration_crossformer, convert_crossformer, modeling_flax_crossformer
 from .models.crossvit import configuration_crossvit, convert_crossvit, modeling_flax_crossvit
-from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
+from .models.vit import configuration_vit, convert_transformers, convert_vit, modeling_flax_vit
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class Family:
     timm_prefixes: tuple[str, ...] = ()
     config_from_timm: Callable[[Any], VisionTransformerConfig] | None = None
     convert_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    # transformers (optional): the ``model_type`` s of transformers' own checkpoints this family converts
+    # (e.g. ("vit", "deit")); a config from a checkpoint's config.json (a dict) and its state dict; the
+    # pure-numpy converter to the core module's params; and back: the transformers config.json of a
+    # config and the state dict (checkpoint names) of the core module's params.
+    transformers_model_types: tuple[str, ...] = ()
+    config_from_transformers: Callable[[dict, dict], VisionTransformerConfig] | None = None
+    convert_transformers: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    config_to_transformers: Callable[[VisionTransformerConfig], dict] | None = None
+    export_transformers: Callable[[dict, VisionTransformerConfig], dict] | None = None
 
     @property
     def core_module_class(self) -> type:
@@ -50,6 +59,11 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("vit_", "deit_", "deit3_"),
         config_from_timm=convert_vit.config_from_timm,
         convert_timm=convert_vit.convert_timm,
+        transformers_model_types=convert_transformers.MODEL_TYPES,
+        config_from_transformers=convert_transformers.config_from_transformers,
+        convert_transformers=convert_transformers.convert_transformers,
+        config_to_transformers=convert_transformers.config_to_transformers,
+        export_transformers=convert_transformers.export_transformers,
     ),
     "crossformer": Family(
         name="crossformer",

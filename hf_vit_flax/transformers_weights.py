@@ -162,6 +162,8 @@ def _read_local(path: Path) -> _Checkpoint:
     folder = path if path.is_dir() else path.parent
     if not (folder / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}: a transformers checkpoint folder holds one")
+    hf_config = _read_json(folder / CONFIG_NAME)
+    transformers_family(hf_config)  # before reading weights that no family converts
     if path.is_dir():
         found = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
         if not found:
@@ -172,11 +174,12 @@ def _read_local(path: Path) -> _Checkpoint:
         path = found[0]
     processor = _read_json(folder / PROCESSOR_NAME) if (folder / PROCESSOR_NAME).is_file() else None
     state_dict = read_weights(str(path), lambda shard: str(folder / shard))
-    return _Checkpoint(_read_json(folder / CONFIG_NAME), state_dict, processor, str(path), weights_file=str(path))
+    return _Checkpoint(hf_config, state_dict, processor, str(path), weights_file=str(path))
 
 
 def _download(repo_id: str, hub_kwargs: dict) -> _Checkpoint:
     hf_config = fetch_json(repo_id, CONFIG_NAME, hub_kwargs)
+    transformers_family(hf_config)  # before downloading weights that no family converts
     try:
         processor = fetch_json(repo_id, fetch_first(repo_id, (PROCESSOR_NAME,), hub_kwargs, "processor")[0], hub_kwargs)
     except FileNotFoundError:

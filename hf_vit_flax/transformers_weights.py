@@ -181,9 +181,11 @@ def _download(repo_id: str, hub_kwargs: dict) -> _Checkpoint:
     hf_config = fetch_json(repo_id, CONFIG_NAME, hub_kwargs)
     transformers_family(hf_config)  # before downloading weights that no family converts
     try:
-        processor = fetch_json(repo_id, fetch_first(repo_id, (PROCESSOR_NAME,), hub_kwargs, "processor")[0], hub_kwargs)
-    except FileNotFoundError:
+        _, processor_path = fetch_first(repo_id, (PROCESSOR_NAME,), hub_kwargs, "image processor")
+    except FileNotFoundError:  # a repo without one: the model's default processor
         processor = None
+    else:
+        processor = _read_json(Path(processor_path))
     _, path = fetch_first(repo_id, WEIGHT_FILES, hub_kwargs)
     state_dict = read_weights(path, lambda shard: fetch_first(repo_id, (shard,), hub_kwargs, "shard")[1])
     return _Checkpoint(hf_config, state_dict, processor, repo_id, repo_id=repo_id)

@@ -98,7 +98,7 @@ def test_deit_distillation_token_is_a_register_token_in_the_same_place():
 
 
 OPTIONS = {
-    "no-qkv-bias": dict(qkv_bias=False),
+    "no-qkv-bias-gelu-new": dict(qkv_bias=False, hidden_act="gelu_new"),
     "gelu-tanh-eps-1e-6": dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),
     "quick-gelu": dict(hidden_act="quick_gelu"),
     "rectangular-one-channel": dict(image_size=(32, 48), patch_size=(8, 16), num_channels=1),

@@ -54,8 +54,13 @@ TRANSFORMERS_BLOCK = {
 
 # transformers ``hidden_act`` <-> ``ViTConfig.mlp_activation``. "gelu_new" and "gelu_fast" are the tanh
 # approximation written out; "gelu_pytorch_tanh" is PyTorch's own.
-ACTIVATIONS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh"}
-ACTIVATIONS["quick_gelu"] = "quick_gelu"
+ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+}
 EXPORTED_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
 
 # transformers 5's module names -> the checkpoint names (the inverse of its "ViTModel" conversion mapping).
@@ -137,7 +142,8 @@ def config_from_transformers(hf_config: Mapping[str, Any], state_dict: Mapping[s
 
     The head (none, ``classifier``, or DeiT's two teacher heads), the pooler and the distillation token are
     read off the tensor names, the rest off the config. Whatever ViT does not express raises
-    ``NotImplementedError`` naming every such feature.
+    ``NotImplementedError`` naming every such feature. ``hidden_dropout_prob`` becomes ``dropout`` and
+    ``emb_dropout`` (training only; ViT's MLP also drops after its activation, as timm's does).
     """
     model_type = hf_config.get("model_type")
     if model_type not in MODEL_TYPES:
@@ -152,6 +158,8 @@ def config_from_transformers(hf_config: Mapping[str, Any], state_dict: Mapping[s
     if activation is None:
         missing.append(f"hidden_act={hf_config['hidden_act']!r} (expressed: {', '.join(ACTIVATIONS)})")
     dim, heads = int(hf_config.get("hidden_size", 768)), int(hf_config.get("num_attention_heads", 12))
+    if not hf_config.get("head_dim") and dim % heads:
+        missing.append(f"hidden_size {dim} not divisible by num_attention_heads {heads}")
     dim_head = int(hf_config.get("head_dim") or dim // heads)
     pooler = "pooler.dense.weight" in keys
     if pooler and hf_config.get("pooler_act", "tanh") != "tanh":
@@ -161,8 +169,8 @@ def config_from_transformers(hf_config: Mapping[str, Any], state_dict: Mapping[s
     hidden_dropout = float(hf_config.get("hidden_dropout_prob", 0.0))
     if float(hf_config.get("attention_probs_dropout_prob", 0.0)) != hidden_dropout:
         missing.append(
-            "different dropout rates for attention probabilities and hidden states (dropout acts only in "
-            "training: pass dropout= to choose one)"
+            "different dropout rates for attention probabilities and hidden states (ViT has one rate; dropout acts "
+            "only in training, so setting both to one value in config.json changes no output)"
         )
     if missing:
         raise NotImplementedError(

@@ -97,6 +97,15 @@ def test_deit_distillation_token_is_a_register_token_in_the_same_place():
     assert model(images(1, 32, 32), output_hidden_states=True).hidden_states[0].shape[1] == 2 + 16
 
 
+def test_pooler_survives_save_and_load(tmp_path):
+    model = hf_vit_flax.from_transformers(build("ViTModel", seed=9))
+    model.save_pretrained(tmp_path)
+    again = hf_vit_flax.FlaxAutoModel.from_pretrained(tmp_path)
+    assert again.config.pooler and again.config.layer_norm_eps == 1e-12
+    pixels = images(2, 32, 32)
+    np.testing.assert_array_equal(run_flax(again, pixels).pooler_output, run_flax(model, pixels).pooler_output)
+
+
 OPTIONS = {
     "no-qkv-bias-gelu-new": dict(qkv_bias=False, hidden_act="gelu_new"),
     "gelu-tanh-eps-1e-6": dict(hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6),

@@ -40,10 +40,39 @@ class Outcome:
 
 ORGANISATION = "hf-vit-flax"
 CROSSFORMER_RELEASES = {"t": "crossformer-t", "s": "crossformer-s", "b": "crossformer-b", "l": "crossformer-l"}
+# Checkpoints in transformers' own format (hf_vit_flax.from_transformers): Google's ViTs (ImageNet-21k, and
+# fine-tuned on ImageNet-1k), Facebook's DeiTs (plain ones are ViTForImageClassification; distilled ones
+# DeiTForImageClassificationWithTeacher) and DINO's self-supervised ViTs (ViTModel).
+TRANSFORMERS_REPOS = (
+    "google/vit-base-patch16-224",
+    "google/vit-base-patch16-224-in21k",
+    "google/vit-base-patch16-384",
+    "google/vit-base-patch32-224-in21k",
+    "google/vit-base-patch32-384",
+    "google/vit-large-patch16-224",
+    "google/vit-large-patch16-224-in21k",
+    "google/vit-large-patch16-384",
+    "google/vit-large-patch32-224-in21k",
+    "google/vit-large-patch32-384",
+    "google/vit-huge-patch14-224-in21k",
+    "facebook/deit-tiny-patch16-224",
+    "facebook/deit-small-patch16-224",
+    "facebook/deit-base-patch16-224",
+    "facebook/deit-base-patch16-384",
+    "facebook/deit-tiny-distilled-patch16-224",
+    "facebook/deit-small-distilled-patch16-224",
+    "facebook/deit-base-distilled-patch16-224",
+    "facebook/deit-base-distilled-patch16-384",
+    "facebook/dino-vits8",
+    "facebook/dino-vits16",
+    "facebook/dino-vitb8",
+    "facebook/dino-vitb16",
+)
 
 
 def default_manifest() -> dict:
-    """Every pretrained timm tag the package supports, and the four CrossFormer releases.
+    """Every pretrained timm tag the package supports, the transformers-format repos of ``TRANSFORMERS_REPOS``
+    (published under their own names) and the four CrossFormer releases.
 
     The CrossFormer checkpoints are distributed outside the Hub: download them into
     ``conversion/checkpoints/`` (``crossformer-t.pth`` ...) before publishing those entries.
@@ -51,6 +80,10 @@ def default_manifest() -> dict:
     from hf_vit_flax.timm_weights import list_timm_models
 
     models = [{"source": f"timm:{name}", "repo_id": f"{ORGANISATION}/{name}"} for name in list_timm_models(True)]
+    models += [
+        {"source": f"transformers:{repo}", "repo_id": f"{ORGANISATION}/{repo.split('/')[1]}"}
+        for repo in TRANSFORMERS_REPOS
+    ]
     models += [
         {
             "source": f"crossformer:conversion/checkpoints/{name}.pth",

@@ -13,6 +13,7 @@ from . import _cpu  # noqa: F401  isort: skip
 from .auto import FlaxAutoModel, FlaxAutoModelForImageClassification
 from .configuration_utils import VisionTransformerConfig
 from .convert import export_vit_pytorch, from_vit_pytorch, load_vit_pytorch
+from .exporters import export
 from .families import FAMILIES
 from .modeling_flax_utils import FlaxPreTrainedModel
 from .modeling_utils import FlaxVisionPreTrainedModel
@@ -31,6 +32,7 @@ from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
 from .timm_weights import export_timm, from_timm, list_timm_models
+from .transformers_weights import from_transformers
 
 __version__ = "0.1.0"
 
@@ -89,4 +91,6 @@ __all__ = [
     "from_timm",
     "export_timm",
     "list_timm_models",
+    "from_transformers",
+    "export",
 ]

@@ -1,14 +1,20 @@
 """``hf-vit-flax``: the command line.
 
   hf-vit-flax convert SOURCE --output-dir DIR [--image-size N] [--push-to-hub REPO_ID] [--verify]
+  hf-vit-flax export MODEL --to transformers --output-dir DIR [--overwrite]
   hf-vit-flax predict MODEL IMAGE [IMAGE ...] [--top-k K]
   hf-vit-flax train [MODEL] --data DATA --output-dir DIR [--epochs N | --steps N] [--batch-size B] [--lr LR] ...
   hf-vit-flax demo [--output-dir DIR]
 
 SOURCE is ``timm:<name>[.<tag>]`` (a timm checkpoint on the Hub), a local timm-format folder or
-weights file (with ``--architecture`` when no timm config.json is next to it), or
-``crossformer:<path>`` with ``--variant t|s|b|l`` or ``--config CONFIG.json`` (the original
-CrossFormer release).
+weights file (with ``--architecture`` when no timm config.json is next to it),
+``transformers:<repo-or-path>`` (a checkpoint in transformers' own format, e.g.
+``transformers:google/vit-base-patch16-224``), or ``crossformer:<path>`` with ``--variant t|s|b|l`` or
+``--config CONFIG.json`` (the original CrossFormer release).
+
+``export`` writes MODEL (a saved folder or Hub repo id, or a ``timm:`` / ``transformers:`` source) in a
+PyTorch library's own format: ``--to transformers`` gives a folder that transformers'
+``ViTForImageClassification.from_pretrained`` (or the DeiT / ViTModel class its config.json names) loads.
 
 A user error (a missing or unreadable file, a bad argument, a full disk) is one ``error:`` line on
 stderr and exit status 2; ``--debug`` adds the traceback. Anything else is a bug: traceback, exit 1.
@@ -102,6 +108,38 @@ def _save(model, output_dir: str, repo_id: str | None) -> None:
         if not isinstance(err, OSError) and "No space left on device" in str(err):
             raise OSError(errno.ENOSPC, "No space left on device", output_dir) from err
         raise
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hf_vit_flax.exporters import export
+
+    model = _load_model(args.model)
+    model_dir = args.model if os.path.isdir(args.model) else None
+    if model_dir and os.path.realpath(model_dir) == os.path.realpath(args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir} is the model's own folder; choose another folder")
+    path = export(model, to=args.to, output_dir=args.output_dir, overwrite=args.overwrite)
+    print(f"exported {type(model).__name__} ({model.num_parameters_exact:,} parameters) to {args.to}: {path}")
+    return 0
+
+
+def _load_model(spec: str):
+    """A saved folder or Hub repo id (with its head when it has one), or a ``timm:`` / ``transformers:`` source."""
+    from transformers import AutoConfig
+
+    from hf_vit_flax import FlaxAutoModel, FlaxAutoModelForImageClassification
+    from hf_vit_flax.hub import looks_like_path
+    from hf_vit_flax.sources import Source
+
+    if spec.startswith(("timm:", "transformers:")):
+        return Source.parse(spec).convert()
+    if not os.path.exists(spec) and looks_like_path(spec):
+        raise FileNotFoundError(f"{spec} does not exist (a folder written by save_pretrained, or a Hub repo id)")
+    config = AutoConfig.from_pretrained(spec)
+    architectures = getattr(config, "architectures", None) or []
+    has_head = getattr(config, "num_labels", 0) > 0 and (
+        not architectures or any(a.endswith("ForImageClassification") for a in architectures)
+    )
+    return (FlaxAutoModelForImageClassification if has_head else FlaxAutoModel).from_pretrained(spec)
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -251,9 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser(
-        "convert", parents=[debug], help="convert a timm or CrossFormer checkpoint to a Flax model folder"
+        "convert", parents=[debug], help="convert a timm, transformers or CrossFormer checkpoint to a Flax model folder"
     )
-    convert.add_argument("source", help="timm:<name>[.<tag>], a local timm folder/file, or crossformer:<path>")
+    convert.add_argument(
+        "source",
+        help="timm:<name>[.<tag>], a local timm folder/file, transformers:<repo-or-path>, or crossformer:<path>",
+    )
     convert.add_argument("--output-dir", required=True)
     convert.add_argument(
         "--image-size", type=_positive_int, default=None, help="resample position embeddings to this size"
@@ -264,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", default=None, help="CrossFormer: JSON config instead of --variant")
     convert.add_argument("--architecture", default=None, help="timm architecture of a local checkpoint")
     convert.set_defaults(run=_convert)
+
+    from hf_vit_flax.exporters import EXPORTERS
+
+    export = commands.add_parser(
+        "export", parents=[debug], help="write a model in a PyTorch library's own format (e.g. transformers')"
+    )
+    export.add_argument(
+        "model", help="a folder written by save_pretrained, a Hub repo id, timm:<name> or transformers:<id>"
+    )
+    export.add_argument("--to", required=True, choices=sorted(EXPORTERS), help="the target library's format")
+    export.add_argument("--output-dir", required=True, help="written atomically: complete, or not at all")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    export.set_defaults(run=_export)
 
     predict = commands.add_parser("predict", parents=[debug], help="classify images with a saved model or a Hub repo")
     predict.add_argument("model", help="a folder written by save_pretrained, or a Hub repo id")

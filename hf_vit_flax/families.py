@@ -11,7 +11,7 @@ from .modeling_utils import FlaxVisionPreTrainedModel
 from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
 from .models.crossformer import configuration_crossformer, convert_crossformer, modeling_flax_crossformer
 from .models.crossvit import configuration_crossvit, convert_crossvit, modeling_flax_crossvit
-from .models.vit import configuration_vit, convert_vit, modeling_flax_vit
+from .models.vit import configuration_vit, convert_transformers, convert_vit, modeling_flax_vit
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,15 @@ class Family:
     export_timm: Callable[[dict, VisionTransformerConfig], dict] | None = None
     timm_architecture: Callable[[VisionTransformerConfig], tuple[str, dict]] | None = None
     vit_pytorch_kwargs: Callable[[VisionTransformerConfig], dict] | None = None
+    # transformers (optional): the ``model_type`` s of transformers' own checkpoints this family converts
+    # (e.g. ("vit", "deit")); a config from a checkpoint's config.json (a dict) and its state dict; the
+    # pure-numpy converter to the core module's params; and back: the transformers config.json of a
+    # config and the state dict (checkpoint names) of the core module's params.
+    transformers_model_types: tuple[str, ...] = ()
+    config_from_transformers: Callable[[dict, dict], VisionTransformerConfig] | None = None
+    convert_transformers: Callable[[dict, VisionTransformerConfig], dict] | None = None
+    config_to_transformers: Callable[[VisionTransformerConfig], dict] | None = None
+    export_transformers: Callable[[dict, VisionTransformerConfig], dict] | None = None
 
     @property
     def core_module_class(self) -> type:
@@ -60,6 +69,11 @@ FAMILIES: dict[str, Family] = {
         export_timm=convert_vit.export_timm,
         timm_architecture=convert_vit.timm_architecture,
         vit_pytorch_kwargs=convert_vit.vit_pytorch_kwargs,
+        transformers_model_types=convert_transformers.MODEL_TYPES,
+        config_from_transformers=convert_transformers.config_from_transformers,
+        convert_transformers=convert_transformers.convert_transformers,
+        config_to_transformers=convert_transformers.config_to_transformers,
+        export_transformers=convert_transformers.export_transformers,
     ),
     "crossformer": Family(
         name="crossformer",

@@ -1,9 +1,12 @@
 """Checkpoint sources as the command line and the publishing pipeline name them.
 
 ``timm:<name>[.<tag>]``   a timm model on the Hub (``timm/<name>``), converted without torch
+``transformers:<repo-or-path>``  a checkpoint in transformers' own format (``google/vit-base-patch16-224``,
+                          ``facebook/deit-base-distilled-patch16-224``, or a local folder of one)
 ``crossformer:<path>``    an original CrossFormer release checkpoint (``.pth``), with a variant t|s|b|l
                           or a config (a JSON file: the release's constructor arguments, or our config.json)
-``<path>``                a local timm-format folder (config.json + weights) or weights file
+``<path>``                a local timm-format folder (config.json + weights) or weights file; a local folder
+                          whose config.json is transformers' (model_type ``vit``, ``deit``) is a transformers source
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from .modeling_utils import FlaxVisionPreTrainedModel
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "timm" | "crossformer" | "local"
+    kind: str  # "timm" | "transformers" | "crossformer" | "local"
     location: str
     variant: str | None = None
     architecture: str | None = None
@@ -27,13 +30,14 @@ class Source:
     @classmethod
     def parse(cls, spec: str, *, variant=None, architecture=None, image_size=None, config=None) -> Source:
         kind, sep, rest = spec.partition(":")
-        if sep and kind in ("timm", "crossformer"):
+        if sep and kind in ("timm", "transformers", "crossformer"):
             if kind == "crossformer" and not (variant or config):
                 raise ValueError(
                     "a crossformer: source needs --variant t|s|b|l (CrossFormer-T/S/B/L) or --config CONFIG.json"
                 )
             return cls(kind, rest, variant, architecture, image_size, config)
-        return cls("local", spec, variant, architecture, image_size, config)
+        kind = "transformers" if _is_transformers_folder(spec) else "local"
+        return cls(kind, spec, variant, architecture, image_size, config)
 
     def convert(self) -> FlaxVisionPreTrainedModel:
         if self.kind == "crossformer":
@@ -42,6 +46,15 @@ class Source:
             if self.image_size is not None:
                 raise ValueError("--image-size applies to timm ViT-family checkpoints, not to CrossFormer")
             return from_crossformer_checkpoint(self.location, self._crossformer_config())
+        if self.kind == "transformers":
+            from .transformers_weights import from_transformers
+
+            if self.image_size is not None or self.architecture:
+                raise ValueError(
+                    "--image-size and --architecture apply to timm checkpoints; a transformers checkpoint's "
+                    "config.json says both"
+                )
+            return from_transformers(self.location)
         from .timm_weights import from_timm
 
         if self.kind == "local" and not os.path.exists(self.location):
@@ -80,7 +93,7 @@ class Source:
 
     def local_files(self) -> list[str]:
         """The local files and folders this source reads (none for a Hub source)."""
-        if self.kind == "timm":
+        if self.kind == "timm" or (self.kind == "transformers" and not os.path.exists(self.location)):
             return []
         return [self.location] + ([self.config] if self.config else [])
 
@@ -91,6 +104,10 @@ class Source:
                 "the original CrossFormer code is not an installable package, so it cannot be run here; "
                 "the converter's parity is established by the test suite against recorded reference outputs"
             )
+        if self.kind == "transformers":
+            from .verify import verify_transformers
+
+            return verify_transformers(model, self.location)
         from .verify import verify_timm
 
         return verify_timm(model, self.location, architecture=self.architecture, image_size=self.image_size)
@@ -106,6 +123,10 @@ class Source:
 
             repo_id = timm_hub_source(self.location)[1]
             return HfApi().model_info(repo_id).sha
+        if self.kind == "transformers" and not os.path.exists(self.location):
+            from huggingface_hub import HfApi
+
+            return HfApi().model_info(self.location).sha
         path = self.location
         files = [os.path.join(path, n) for n in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
         digest = hashlib.sha256()
@@ -115,3 +136,20 @@ class Source:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         digest.update(chunk)
         return digest.hexdigest()
+
+
+def _is_transformers_folder(path: str) -> bool:
+    """A local folder whose config.json is transformers' own, of a model type a family converts."""
+    import json
+
+    from .families import FAMILIES
+
+    config = os.path.join(path, "config.json")
+    if not os.path.isdir(path) or not os.path.isfile(config):
+        return False
+    try:
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return model_type in {t for family in FAMILIES.values() for t in family.transformers_model_types}

@@ -308,29 +308,45 @@ def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
     return hub_config, _read_weights(weights_path), str(weights_path)
 
 
-def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarray], str]:
+def fetch_json(repo_id: str, filename: str, hub_kwargs: dict) -> dict:
+    """A JSON object file of a Hub repo (``config.json`` ...), through huggingface_hub (its cache, offline
+    mode, ``revision``, ``token`` ... in ``hub_kwargs``)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(repo_id, filename, **hub_kwargs)
+    except Exception as err:  # huggingface_hub's errors do not always name the repo
+        raise OSError(
+            f"could not fetch {filename} of the Hub repo {repo_id} (offline, it must be cached): {err}"
+        ) from err
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"the {filename} of the Hub repo {repo_id} ({path}) is not a JSON object")
+    return data
+
+
+def fetch_first(repo_id: str, names: tuple[str, ...], hub_kwargs: dict, what: str = "weights") -> tuple[str, str]:
+    """``(name, local path)`` of the first of ``names`` that the Hub repo has (or, offline, that is cached).
+
+    Raises ``FileNotFoundError`` saying why each one could not be fetched.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import EntryNotFoundError
 
-    try:
-        config_path = hf_hub_download(repo_id, "config.json", **hub_kwargs)
-    except Exception as err:  # huggingface_hub's errors do not always name the repo
-        raise OSError(
-            f"could not fetch config.json of the Hub repo {repo_id} (offline, it must be cached): {err}"
-        ) from err
-    with open(config_path, encoding="utf-8") as f:
-        hub_config = json.load(f)
-    if not isinstance(hub_config, dict):
-        raise ValueError(f"the config.json of the Hub repo {repo_id} ({config_path}) is not a JSON object")
     errors = []
-    for name in WEIGHT_FILES:
+    for name in names:
         try:
-            weights_path = hf_hub_download(repo_id, name, **hub_kwargs)
+            return name, hf_hub_download(repo_id, name, **hub_kwargs)
         except EntryNotFoundError as err:  # includes "not in the local cache" when offline
             errors.append(f"{name}: {str(err).splitlines()[0]}")
-            continue
-        return hub_config, _read_weights(weights_path), repo_id
-    raise FileNotFoundError(f"no weights of the Hub repo {repo_id} could be found: " + "; ".join(errors))
+    raise FileNotFoundError(f"no {what} of the Hub repo {repo_id} could be found: " + "; ".join(errors))
+
+
+def _download(repo_id: str, hub_kwargs: dict) -> tuple[dict, dict[str, np.ndarray], str]:
+    hub_config = fetch_json(repo_id, "config.json", hub_kwargs)
+    _, weights_path = fetch_first(repo_id, WEIGHT_FILES, hub_kwargs)
+    return hub_config, _read_weights(weights_path), repo_id
 
 
 def timm_hub_source(source: str) -> tuple[str, str]:
@@ -351,7 +367,7 @@ def timm_hub_source(source: str) -> tuple[str, str]:
     return architecture, repo_id
 
 
-def _is_torch_module(source: Any) -> bool:
+def is_torch_module(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "named_parameters") and not isinstance(source, Mapping)
 
 
@@ -424,7 +440,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     pretrained_cfg: dict[str, Any] = {}
     hub_config: dict[str, Any] = {}
     local_file = None
-    if _is_torch_module(source):
+    if is_torch_module(source):
         if architecture:
             family = timm_family(architecture)
         else:
@@ -479,7 +495,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         if "labels" in pretrained_cfg:
             pretrained_cfg.setdefault("label_names", pretrained_cfg.pop("labels"))
         config = _apply_hub_config(family, architecture, config, hub_config, state_dict)
-    elif not _is_torch_module(source):
+    elif not is_torch_module(source):
         config = _with_head_from_weights(config, state_dict)
         pretrained_cfg = _default_pretrained_cfg(architecture)
 
@@ -489,16 +505,16 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         classifier = pretrained_cfg.get("classifier") or "head"
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(f"{c}." for c in classifier))}
-        config = _replace(config, num_classes=0)
+        config = replace_config(config, num_classes=0)
     if image_size is not None:
-        config = _replace(config, image_size=image_size)
+        config = replace_config(config, image_size=image_size)
     if overrides:
         unknown = [k for k in overrides if not hasattr(config, k)]
         if unknown:
             raise TypeError(
                 f"from_timm got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})"
             )
-        config = _replace(config, **overrides)
+        config = replace_config(config, **overrides)
 
     labels = _labels(
         config.num_labels,
@@ -526,7 +542,7 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     return model
 
 
-def _replace(config: VisionTransformerConfig, **changes: Any) -> VisionTransformerConfig:
+def replace_config(config: VisionTransformerConfig, **changes: Any) -> VisionTransformerConfig:
     """A copy of ``config`` with ``changes``, validated again (rebuilt through the constructor)."""
     data = config.to_dict()
     for key in ("id2label", "label2id", "num_labels"):
@@ -561,8 +577,8 @@ def _apply_hub_config(
         return _config_from_model_args(family, architecture, model_args, structural)
     changes = {ours: model_args[theirs] for theirs, ours in simple.items() if theirs in model_args}
     if "num_classes" not in changes:
-        return _with_head_from_weights(_replace(config, **changes) if changes else config, state_dict)
-    return _replace(config, **changes)
+        return _with_head_from_weights(replace_config(config, **changes) if changes else config, state_dict)
+    return replace_config(config, **changes)
 
 
 def _config_from_model_args(family: Family, architecture: str, model_args: dict, structural: list[str]):
@@ -591,7 +607,7 @@ def _with_head_from_weights(config: VisionTransformerConfig, state_dict: Mapping
     if head is None:
         head = state_dict.get("head.0.weight")  # e.g. CrossViT's per-branch heads
     num_classes = int(np.shape(head)[0]) if head is not None else 0
-    return config if num_classes == config.num_labels else _replace(config, num_classes=num_classes)
+    return config if num_classes == config.num_labels else replace_config(config, num_classes=num_classes)
 
 
 def _default_pretrained_cfg(architecture: str) -> dict[str, Any]:
@@ -623,7 +639,7 @@ def _card_data(
         "title": f"{architecture}.{tag}" if tag else architecture,
     }
     if local_file:
-        data["source_sha256"] = _sha256(local_file)
+        data["source_sha256"] = file_sha256(local_file)
     if pretrained_cfg.get("license"):
         data["license"] = pretrained_cfg["license"]
     datasets = [
@@ -641,7 +657,7 @@ def _card_data(
     return data
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

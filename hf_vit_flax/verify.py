@@ -110,3 +110,41 @@ def save_timm_checkpoint(model, folder: str | os.PathLike, tag: str | None = Non
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
     return folder
+
+
+def verify_transformers(model: FlaxVisionPreTrainedModel, source: Any, *, batch: int = 2, seed: int = 0) -> float:
+    """Run transformers' PyTorch original of a ``from_transformers`` conversion next to ``model``.
+
+    ``source`` is what was converted: a live PyTorch model, a local folder or a Hub repo id (loaded with
+    the class its config.json names). Returns the max |difference| of the logits, or for a headless
+    model of ``last_hidden_state`` (and ``pooler_output`` when the model has transformers' pooler).
+    """
+    try:
+        import torch
+        import transformers
+    except ImportError as err:
+        raise ImportError("verification runs the original PyTorch model: pip install 'hf-vit-flax[torch]'") from err
+    reference = source
+    if not hasattr(source, "state_dict"):
+        hf_config = transformers.AutoConfig.from_pretrained(os.fspath(source))
+        names = [a for a in (hf_config.architectures or []) if hasattr(transformers, a)]
+        auto = transformers.AutoModelForImageClassification if model.has_head() else transformers.AutoModel
+        model_class = getattr(transformers, names[0]) if names else auto
+        reference = model_class.from_pretrained(os.fspath(source))
+    height, width = model.config.image_size_hw
+    images = np.random.default_rng(seed).standard_normal((batch, model.config.channels, height, width))
+    images = images.astype(np.float32)
+    with torch.inference_mode():
+        expected = reference.eval().float()(pixel_values=torch.from_numpy(images))
+    with jax.default_matmul_precision("highest"):
+        got = model(images)
+    names = ["logits"] if model.has_head() else ["last_hidden_state"]
+    if not model.has_head() and getattr(model.config, "pooler", False):
+        names.append("pooler_output")
+    diffs = []
+    for name in names:
+        ours, theirs = np.asarray(getattr(got, name), dtype=np.float64), getattr(expected, name).numpy()
+        if ours.shape != theirs.shape:
+            raise ValueError(f"the converted model gives {name} of shape {ours.shape}, the original {theirs.shape}")
+        diffs.append(float(np.max(np.abs(ours - theirs))))
+    return max(diffs)

@@ -70,6 +70,10 @@ class ViTConfig(VisionTransformerConfig):
         mlp_activation: ``'gelu'`` (exact), ``'gelu_tanh'`` or ``'quick_gelu'`` (OpenAI CLIP).
         drop_path_rate: stochastic depth, rising linearly from 0 at the first block to this rate.
         head_dropout: dropout before the classification head(s).
+        pooler: a Linear -> tanh layer on the class token, ``pooled = tanh(dense(cls))``: transformers'
+            ``ViTPooler`` (the ``pooler_output`` of its ``ViTModel``), which is the original ViT's pre-logits
+            "representation layer" (timm's old ``representation_size``, big_vision's ``pre_logits``). The
+            head, when there is one, reads these pooled features; needs ``pool='cls'`` and no distillation.
 
     ``pool='mean'`` averages the patch tokens, leaving out the prefix tokens (timm's ``'avg'``; with
     no prefix tokens this is vit-pytorch's mean over all tokens).
@@ -87,7 +91,8 @@ class ViTConfig(VisionTransformerConfig):
         "reg_tokens": non_negative_int,
         "class_token": optional(boolean),
         **dict.fromkeys(
-            ("patch_bias", "qkv_bias", "distilled", "no_embed_class", "pre_norm", "final_norm", "fc_norm"), boolean
+            ("patch_bias", "qkv_bias", "distilled", "no_embed_class", "pre_norm", "final_norm", "fc_norm", "pooler"),
+            boolean,
         ),
     }
 
@@ -120,6 +125,7 @@ class ViTConfig(VisionTransformerConfig):
         mlp_activation: str = "gelu",
         drop_path_rate: float = 0.0,
         head_dropout: float = 0.0,
+        pooler: bool = False,
         **kwargs,
     ):
         self.set_options(locals())
@@ -170,6 +176,8 @@ class ViTConfig(VisionTransformerConfig):
         pool = 0
         if self.pool == "map":  # latent query, q / kv / proj, then LayerNorm -> MLP
             pool = dim + 4 * dense_params(dim, dim) + norm_params(dim) + mlp
+        if self.pooler:
+            pool += dense_params(dim, dim)
         heads = (1 + int(self.distilled)) * dense_params(dim, self.num_labels) if self.num_labels > 0 else 0
         return embed + tokens + blocks + norms + pool + heads
 
@@ -200,6 +208,11 @@ def check_vit_options(options: Any) -> None:
         raise ValueError(
             "distilled=True (DeiT) reads the class and distillation tokens: it needs pool='cls', a class token "
             "and no register tokens"
+        )
+    if getattr(options, "pooler", False) and (pool != "cls" or not has_class_token or distilled):
+        raise ValueError(
+            "pooler=True (transformers' ViTPooler) reads the class token: it needs pool='cls', a class token and "
+            "no distillation head"
         )
     if layer_scale_init is not None and not is_positive_number(layer_scale_init):
         raise ValueError(f"layer_scale_init must be a positive float or None (no LayerScale), got {layer_scale_init}")

@@ -68,7 +68,8 @@ class ViT(CoreModule):
     The options after ``layer_norm_eps`` express timm's ``VisionTransformer`` (see ``ViTConfig``);
     their defaults keep vit-pytorch's model. ``forward_features`` returns the tokens after the final
     norm and the pooled features: the class token, the mean of the patch tokens (``pool='mean'``),
-    their attention pooling (``pool='map'``), then ``fc_norm`` when set; or, for a distilled model,
+    their attention pooling (``pool='map'``), then ``fc_norm`` when set, then ``tanh(dense(.))`` with
+    ``pooler=True`` (transformers' ``ViTPooler``; the head reads its output); or, for a distilled model,
     the class and distillation tokens
     stacked as ``(batch, 2, dim)`` (its two heads read one each).
     """
@@ -100,6 +101,7 @@ class ViT(CoreModule):
     mlp_activation: str = "gelu"
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
+    pooler: bool = False
     remat: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -167,6 +169,8 @@ class ViT(CoreModule):
             )
         if self.final_norm and self.fc_norm:
             self.fc_norm_layer = norm_layer(name="fc_norm")
+        if self.pooler:
+            self.pooler_layer = nn.Dense(self.dim, name="pooler", **kw)
         self.head_drop = nn.Dropout(self.head_dropout)
         self.setup_head()
 
@@ -221,7 +225,11 @@ class ViT(CoreModule):
             pooled = self.attn_pool(x[:, self.num_prefix_tokens :])
         else:
             pooled = x[:, 0]
-        return self.fc_norm_layer(pooled) if self.final_norm and self.fc_norm else pooled
+        if self.final_norm and self.fc_norm:
+            pooled = self.fc_norm_layer(pooled)
+        if self.pooler:  # transformers' ViTPooler: the original ViT's pre-logits layer
+            pooled = jnp.tanh(self.pooler_layer(pooled))
+        return pooled
 
 
 # -- Hugging Face classes -----------------------------------------------------------------------------
@@ -245,7 +253,8 @@ class FlaxViTPreTrainedModel(FlaxVisionPreTrainedModel):
 
 class FlaxViTModel(FlaxViTPreTrainedModel):
     """ViT features: ``last_hidden_state`` (normed tokens) and ``pooler_output`` (class token or mean;
-    for a distilled DeiT the class and distillation tokens, ``(batch, 2, dim)``)."""
+    ``tanh(dense(class token))`` with ``pooler=True``, as transformers' ``ViTModel``; for a distilled DeiT
+    the class and distillation tokens, ``(batch, 2, dim)``)."""
 
     module_class = FlaxViTModule
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import _cpu  # noqa: F401  isort: skip
 from .auto import FlaxAutoModel, FlaxAutoModelForImageClassification
 from .configuration_utils import VisionTransformerConfig
-from .convert import export_vit_pytorch, from_vit_pytorch, load_vit_pytorch
+from .convert import from_vit_pytorch, load_vit_pytorch
 from .exporters import export
 from .families import FAMILIES
 from .modeling_flax_utils import FlaxPreTrainedModel
@@ -31,7 +31,7 @@ from .models.crossvit.modeling_flax_crossvit import CrossViT, FlaxCrossViTForIma
 from .models.vit.configuration_vit import ViTConfig
 from .models.vit.modeling_flax_vit import FlaxViTForImageClassification, FlaxViTModel, ViT
 from .predict import predict
-from .timm_weights import export_timm, from_timm, list_timm_models
+from .timm_weights import from_timm, list_timm_models
 from .transformers_weights import from_transformers
 
 __version__ = "0.1.0"
@@ -85,11 +85,9 @@ __all__ = [
     "ViTConfig",
     "VisionTransformerConfig",
     "from_vit_pytorch",
-    "export_vit_pytorch",
     "load_vit_pytorch",
     "predict",
     "from_timm",
-    "export_timm",
     "list_timm_models",
     "from_transformers",
     "export",

@@ -76,15 +76,14 @@ VIT_PYTORCH_CONFIG = "config.json"  # {"class": "vit_pytorch.vit.ViT", "kwargs":
 VIT_PYTORCH_WEIGHTS = "model.safetensors"
 
 
-def export_vit_pytorch(model: FlaxVisionPreTrainedModel, output_dir: str | os.PathLike) -> str:
-    """Write ``model`` for vit-pytorch: its state dict (``model.safetensors``) and the class and
-    constructor arguments that rebuild it (``config.json``); :func:`load_vit_pytorch` builds the
-    PyTorch model from the folder. The folder is written as a whole. Raises ``NotImplementedError``
-    naming the options vit-pytorch's class does not have (e.g. timm's conv patch embedding).
+def save_vit_pytorch(model: FlaxVisionPreTrainedModel, folder: str | os.PathLike) -> None:
+    """Write ``model`` into ``folder`` for vit-pytorch: its state dict (``model.safetensors``) and the class
+    and constructor arguments that rebuild it (``config.json``); :func:`load_vit_pytorch` builds the
+    PyTorch model from the folder. The ``"vit-pytorch"`` target of ``hf_vit_flax.export``. Raises
+    ``NotImplementedError`` / ``ValueError`` naming the options vit-pytorch's class does not have (e.g.
+    timm's conv patch embedding).
     """
     from safetensors.numpy import save_file
-
-    from .checkpoint import write_checkpoint
 
     config = model.config
     family = family_of_config(config)
@@ -92,20 +91,15 @@ def export_vit_pytorch(model: FlaxVisionPreTrainedModel, output_dir: str | os.Pa
         raise NotImplementedError(f"the {family.name} family does not export to vit-pytorch")
     kwargs = family.vit_pytorch_kwargs(config)
     state_dict = family.export_vit_pytorch(model.module_params()["params"], config)
-
-    def write(folder: str) -> None:
-        tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()}
-        save_file(tensors, os.path.join(folder, VIT_PYTORCH_WEIGHTS), metadata={"format": "pt"})
-        with open(os.path.join(folder, VIT_PYTORCH_CONFIG), "w", encoding="utf-8") as f:
-            json.dump({"class": family.vit_pytorch_class, "kwargs": kwargs}, f, indent=2)
-
-    output_dir = os.fspath(output_dir)
-    write_checkpoint(output_dir, write)
-    return output_dir
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()}
+    save_file(tensors, os.path.join(folder, VIT_PYTORCH_WEIGHTS), metadata={"format": "pt"})
+    with open(os.path.join(folder, VIT_PYTORCH_CONFIG), "w", encoding="utf-8") as f:
+        json.dump({"class": family.vit_pytorch_class, "kwargs": kwargs}, f, indent=2)
 
 
 def load_vit_pytorch(folder: str | os.PathLike):
-    """The vit-pytorch model of a folder written by :func:`export_vit_pytorch` (needs torch and vit-pytorch).
+    """The vit-pytorch model of a folder written by ``hf_vit_flax.export(model, "vit-pytorch", folder)``
+    (needs torch and vit-pytorch).
 
     Only the classes of the registered families are built; the weights load with ``strict=True``.
     """

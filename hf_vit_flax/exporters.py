@@ -15,13 +15,17 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .convert import save_vit_pytorch
 from .modeling_utils import FlaxVisionPreTrainedModel
+from .timm_weights import save_timm
 from .transformers_weights import save_transformers
 
 # target name -> writer(model, folder). A family's state-dict exporters (``export_timm(params, config)``,
 # ``export_vit_pytorch(params, config)``) sit in its converter; a target's writer adds its files around them.
 EXPORTERS: dict[str, Callable[[FlaxVisionPreTrainedModel, Path], None]] = {
     "transformers": save_transformers,
+    "timm": save_timm,
+    "vit-pytorch": save_vit_pytorch,
 }
 
 
@@ -33,6 +37,10 @@ def export(
     ``"transformers"``: a folder that transformers' ``ViTForImageClassification`` /
     ``DeiTForImageClassificationWithTeacher`` / ``ViTModel`` ... ``.from_pretrained`` loads (see
     :func:`hf_vit_flax.transformers_weights.save_transformers`).
+    ``"timm"``: timm's Hub layout, ``timm.create_model("local-dir:" + output_dir, pretrained=True)``
+    (:func:`hf_vit_flax.timm_weights.save_timm`; ViT/DeiT, CaiT, CrossViT).
+    ``"vit-pytorch"``: the state dict and the constructor call, ``hf_vit_flax.load_vit_pytorch(output_dir)``
+    (:func:`hf_vit_flax.convert.save_vit_pytorch`; the four seed families).
 
     An existing ``output_dir`` that is not empty is replaced only with ``overwrite=True``. Returns the
     folder's path.

@@ -692,18 +692,15 @@ def _pretrained_cfg(model: FlaxVisionPreTrainedModel) -> dict[str, Any]:
     }
 
 
-def export_timm(model: FlaxVisionPreTrainedModel, output_dir: str | os.PathLike) -> str:
-    """Write ``model`` as a timm checkpoint folder: ``config.json`` (architecture, ``model_args``,
+def save_timm(model: FlaxVisionPreTrainedModel, folder: str | os.PathLike) -> None:
+    """Write ``model`` into ``folder`` as a timm checkpoint: ``config.json`` (architecture, ``model_args``,
     ``pretrained_cfg``, label names) and ``model.safetensors``, the layout timm's ``push_to_hf_hub``
-    uploads, so ``timm.create_model("local-dir:" + output_dir, pretrained=True)`` (or ``hf-hub:`` once
-    uploaded) builds the same model with these weights.
-
-    The folder is written as a whole (a half-written export is never left); weights files of an earlier
-    checkpoint in it are replaced. Raises ``NotImplementedError`` naming what timm cannot express.
+    uploads, so ``timm.create_model("local-dir:" + folder, pretrained=True)`` (or ``hf-hub:`` once
+    uploaded) builds the same model with these weights. The ``"timm"`` target of ``hf_vit_flax.export``,
+    which writes the folder as a whole. Raises ``NotImplementedError`` naming what timm cannot express.
     """
     from safetensors.numpy import save_file
 
-    from .checkpoint import write_checkpoint
     from .families import family_of_config
 
     config = model.config
@@ -725,15 +722,7 @@ def export_timm(model: FlaxVisionPreTrainedModel, output_dir: str | os.PathLike)
         hub_config["label_names"] = labels
     hub_config = {k: v for k, v in hub_config.items() if v is not None}
 
-    def write(folder: str) -> None:
-        save_file(
-            {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()},
-            os.path.join(folder, "model.safetensors"),
-            metadata={"format": "pt"},
-        )
-        with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(hub_config, f, indent=2)
-
-    output_dir = os.fspath(output_dir)
-    write_checkpoint(output_dir, write)
-    return output_dir
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state_dict.items()}
+    save_file(tensors, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hub_config, f, indent=2)

@@ -45,7 +45,7 @@ def test_vit_pytorch_loads_the_export(family, tmp_path):
     cls, kwargs, size = VIT_PYTORCH[family]
     original = randomize_(cls(**kwargs), seed=1).eval()
     model = hf_vit_flax.from_vit_pytorch(original)
-    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    hf_vit_flax.export(model, "vit-pytorch", tmp_path)
     loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
     assert type(loaded) is cls
     assert_same_state(loaded, original)
@@ -58,7 +58,7 @@ def test_timm_loads_the_export(family, tmp_path):
     arch, kwargs = TIMM[family]
     original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
     model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export_timm(model, tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path)
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     assert_same_state(loaded, original)
     pixels = images(2, *model.config.image_size_hw, seed=4)
@@ -69,4 +69,23 @@ def test_a_family_without_a_timm_counterpart_says_so(tmp_path):
     cls, kwargs, _ = VIT_PYTORCH["crossformer"]
     model = hf_vit_flax.from_vit_pytorch(cls(**kwargs))
     with pytest.raises(NotImplementedError, match="crossformer family has no timm counterpart"):
-        hf_vit_flax.export_timm(model, tmp_path)
+        hf_vit_flax.export(model, "timm", tmp_path)
+
+
+def test_cli_exports_to_timm_and_vit_pytorch(tmp_path, capsys):
+    from hf_vit_flax.cli import main
+
+    arch, kwargs = TIMM["cait"]
+    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=5).eval()
+    hf_vit_flax.from_timm(original).save_pretrained(tmp_path / "saved")
+    assert main(["export", str(tmp_path / "saved"), "--to", "timm", "--output-dir", str(tmp_path / "timm")]) == 0
+    assert_same_state(timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True), original)
+    # timm's Cait has no vit-pytorch counterpart (conv patch embedding, qkv bias ...): one error line, exit 2.
+    assert main(["export", str(tmp_path / "saved"), "--to", "vit-pytorch", "--output-dir", str(tmp_path / "vp")]) == 2
+    assert "vit-pytorch" in capsys.readouterr().err and not (tmp_path / "vp").exists()
+
+    cls, vp_kwargs, _ = VIT_PYTORCH["cait"]
+    torch_model = randomize_(cls(**vp_kwargs), seed=6).eval()
+    hf_vit_flax.from_vit_pytorch(torch_model).save_pretrained(tmp_path / "from-vp")
+    assert main(["export", str(tmp_path / "from-vp"), "--to", "vit-pytorch", "--output-dir", str(tmp_path / "vp")]) == 0
+    assert_same_state(hf_vit_flax.load_vit_pytorch(tmp_path / "vp"), torch_model)

@@ -13,7 +13,6 @@ import vit_pytorch
 
 import hf_vit_flax
 from hf_vit_flax.conversion_utils import to_numpy
-from hf_vit_flax.timm_weights import export_timm
 from tests.helpers import assert_parity, images, randomize_, torch_logits
 
 CASES = {
@@ -30,7 +29,7 @@ def test_timm_loads_the_export(case, tmp_path):
     arch, kwargs = CASES[case]
     original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=2).eval()
     model = hf_vit_flax.from_timm(original)
-    export_timm(model, tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path)
 
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     expected = to_numpy(original.state_dict())
@@ -46,21 +45,23 @@ def test_timm_loads_the_export(case, tmp_path):
     assert tuple(cfg["input_size"]) == (3, *model.config.image_size_hw)
 
 
-def test_labels_travel_and_a_reexport_replaces_the_weights(tmp_path):
+def test_labels_travel_and_a_reexport_replaces_the_folder(tmp_path):
     original = randomize_(
         timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=1, num_classes=3)
     )
     model = hf_vit_flax.from_timm(original)
     model.config.id2label = {0: "cat", 1: "dog", 2: "bird"}
-    export_timm(model, tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["label_names"] == ["cat", "dog", "bird"]
     model.params = jax_tree_scaled(model.params, 2.0)
-    export_timm(model, tmp_path)
+    with pytest.raises(FileExistsError, match="not empty"):
+        hf_vit_flax.export(model, "timm", tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path, overwrite=True)
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True)
     np.testing.assert_allclose(
         loaded.head.weight.detach().numpy(), 2.0 * original.head.weight.detach().numpy(), rtol=1e-6
     )
-    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
 
 
 def jax_tree_scaled(params, factor):
@@ -73,5 +74,5 @@ def test_what_timm_cannot_express_is_named(tmp_path):
     kwargs = dict(image_size=32, patch_size=8, num_classes=4, dim=32, depth=1, heads=2, mlp_dim=64, dim_head=16)
     model = hf_vit_flax.from_vit_pytorch(vit_pytorch.vit.ViT(**kwargs))
     with pytest.raises(NotImplementedError, match="patch LayerNorm -> Linear -> LayerNorm"):
-        export_timm(model, tmp_path)
+        hf_vit_flax.export(model, "timm", tmp_path)
     assert not (tmp_path / "model.safetensors").exists()

@@ -74,7 +74,7 @@ def test_vit_pytorch_folder_round_trip(name, tmp_path):
     kwargs = PARITY_CONFIGS[name]
     original = randomize_(vit_pytorch.vit.ViT(**kwargs), seed=6).eval()
     model = hf_vit_flax.from_vit_pytorch(original, config=hf_vit_flax.ViTConfig(**kwargs))
-    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    hf_vit_flax.export(model, "vit-pytorch", tmp_path)
     loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
     assert type(loaded) is vit_pytorch.vit.ViT
     pixels = images(2, *model.config.image_size_hw, seed=2)
@@ -87,7 +87,7 @@ def test_vit_pytorch_export_names_timm_options(tmp_path):
     model = hf_vit_flax.FlaxViTForImageClassification(config)
     model.config.qkv_bias = True
     with pytest.raises(NotImplementedError, match="qkv_bias=True"):
-        hf_vit_flax.export_vit_pytorch(model, tmp_path)
+        hf_vit_flax.export(model, "vit-pytorch", tmp_path)
 
 
 def test_image_size_the_module_cannot_tell():

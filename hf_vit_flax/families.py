@@ -113,6 +113,10 @@ FAMILIES: dict[str, Family] = {
         timm_prefixes=("crossvit_",),
         config_from_timm=convert_crossvit.config_from_timm,
         convert_timm=convert_crossvit.convert_timm,
+        export_vit_pytorch=convert_crossvit.export_vit_pytorch,
+        export_timm=convert_crossvit.export_timm,
+        timm_architecture=convert_crossvit.timm_architecture,
+        vit_pytorch_kwargs=convert_crossvit.vit_pytorch_kwargs,
     ),
 }
 

@@ -25,6 +25,10 @@ timm ``timm.models.crossvit.CrossVit`` (``style='timm'``), branch index d (0: sm
   blocks.i.projs.d.{0,2}, blocks.i.revert_projs.d.{0,2}                     -> blocks_i.{b}_proj / {b}_revert.{norm, fc}
   blocks.i.fusion.d[.k].{norm1, attn.wq, attn.wk + attn.wv, attn.proj}     -> blocks_i.{b}_attend_{other}_k.{norm, q, kv, proj}
   norm.d, head.d                                     -> {b}_norm, {b}_head
+
+The way back: :func:`vit_pytorch_kwargs` and :func:`timm_architecture` are the constructor arguments and timm's
+architecture and ``model_args`` that rebuild the model, which ``hf_vit_flax.export_vit_pytorch`` / ``export_timm``
+write next to the exported state dict (NotImplementedError naming what the library cannot express).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from ...configuration_utils import to_pair
+from ...conversion_utils import image_size_from_patches
 from ...layers import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -125,8 +131,14 @@ def _require(config: CrossViTConfig, preset: str, what: str, **more: Any) -> Non
 # -- vit-pytorch ------------------------------------------------------------------------------------------
 
 
-def config_from_vit_pytorch(model: Any) -> CrossViTConfig:
-    """Read a ``CrossViTConfig`` off a live ``vit_pytorch.cross_vit.CrossViT`` (duck-typed: no torch import)."""
+def config_from_vit_pytorch(model: Any, image_size=None) -> CrossViTConfig:
+    """Read a ``CrossViTConfig`` off a live ``vit_pytorch.cross_vit.CrossViT`` (duck-typed: no torch import).
+
+    ``image_size`` (int or (height, width)) for a model used on images that are not square: vit-pytorch's
+    ``CrossViT`` takes one int ``image_size``, which only sets each branch's number of patches, and its forward
+    takes any image with that many patches in both branches (one built with 64, patch sizes 8 and 16, takes
+    32x128 images too), so the module cannot tell which it was used on. Without it, the square size.
+    """
     values: dict[str, Any] = {}
     image_sizes = set()
     for b in BRANCHES:
@@ -134,8 +146,9 @@ def config_from_vit_pytorch(model: Any) -> CrossViTConfig:
         to_patch = embedder.to_patch_embedding
         patch = int(to_patch[0].axes_lengths["p1"])
         num_patches = embedder.pos_embedding.shape[1] - 1
-        side = math.isqrt(num_patches)
-        image_sizes.add(side * patch)
+        what = f"vit-pytorch CrossViT's {b} branch"
+        size = image_size_from_patches(num_patches, (patch, patch), what, image_size)
+        image_sizes.add(size)
         values[f"{b}_patch_size"] = patch
         values[f"{b}_dim"] = to_patch[2].out_features
         values["channels"] = to_patch[1].normalized_shape[0] // (patch * patch)
@@ -403,3 +416,137 @@ def export_timm(params: Mapping, config: CrossViTConfig, *, nested_fusion: bool 
     state = to_torch(params, timm_table(config, nested_fusion=nested_fusion))
     state = split_linears(state, timm_concatenated(config, nested_fusion=nested_fusion))
     return {k: np.array(v) for k, v in state.items()}  # writable: torch.from_numpy takes them as they are
+
+
+# -- the constructors that rebuild a CrossViT in the PyTorch libraries ------------------------------------------
+
+
+def _preset_differences(config: CrossViTConfig, preset: str) -> list[str]:
+    """The named options of ``config`` that are not those of ``preset`` (initialisation aside), as text."""
+    return [
+        f"{name}={getattr(config, name)!r} ({preset}'s: {value!r})"
+        for name, value in PRESETS[preset].items()
+        if name != "token_init" and getattr(config, name) != value
+    ]
+
+
+def _branch_sizes(config: CrossViTConfig) -> dict[str, tuple[int, int]]:
+    image = to_pair(config.image_size)
+    return {b: to_pair(getattr(config, f"{b}_image_size") or image) for b in BRANCHES}
+
+
+def vit_pytorch_kwargs(config: CrossViTConfig) -> dict[str, Any]:
+    """The constructor arguments of ``vit_pytorch.cross_vit.CrossViT`` for this config (the inverse of
+    :func:`config_from_vit_pytorch`), or ``NotImplementedError`` naming what vit-pytorch's CrossViT lacks.
+
+    vit-pytorch takes one int ``image_size``, which only sets each branch's number of patches; a (height, width)
+    config is written as the square with the same patch counts (32x128 with patch sizes 8 and 16: 64), whose
+    module takes the config's images as they are (read it back with ``image_size=(32, 128)``).
+    """
+    missing = _preset_differences(config, "vit_pytorch")
+    if config.multi_conv:
+        missing.append("multi_conv (timm's 'dagger' patch embedding)")
+    if config.qkv_bias:
+        missing.append("qkv_bias (vit-pytorch's attention has no query/key/value biases)")
+    if config.global_pool != "token":
+        missing.append(f"global_pool={config.global_pool!r} (vit-pytorch classifies the class tokens)")
+    if not math.isclose(config.layer_norm_eps, 1e-5, rel_tol=1e-6):
+        missing.append(f"layer_norm_eps={config.layer_norm_eps} (vit-pytorch's LayerNorms use PyTorch's 1e-5)")
+    if config.drop_path_rate:
+        missing.append(f"drop_path_rate={config.drop_path_rate} (stochastic depth)")
+    height, width = to_pair(config.image_size)
+    sizes = _branch_sizes(config)
+    if any(size != (height, width) for size in sizes.values()):
+        missing.append(
+            f"per-branch image sizes (sm_image_size={config.sm_image_size!r}, lg_image_size={config.lg_image_size!r}): "
+            f"vit-pytorch feeds both branches the image as it is"
+        )
+    if config.crop_scale:
+        missing.append("crop_scale (timm's centre crop of a branch's input)")
+    side = math.isqrt(height * width)
+    patches = (config.sm_patch_size, config.lg_patch_size)
+    if side * side != height * width or any(side % patch for patch in patches):
+        missing.append(
+            f"image_size={config.image_size!r}: vit-pytorch takes one int image_size (a square grid of patches per "
+            f"branch), and no square that patch sizes {patches} divide has the patch counts of {height}x{width}"
+        )
+    if missing:
+        raise NotImplementedError("this CrossViT cannot be written as a vit-pytorch CrossViT: " + "; ".join(missing))
+    names = ("dim", "patch_size", "enc_depth", "enc_heads", "enc_mlp_dim", "enc_dim_head")
+    return dict(
+        image_size=side,
+        num_classes=config.num_labels,
+        **{f"{b}_{name}": getattr(config, f"{b}_{name}") for b in BRANCHES for name in names},
+        cross_attn_depth=config.cross_attn_depth,
+        cross_attn_heads=config.cross_attn_heads,
+        cross_attn_dim_head=config.cross_attn_dim_head,
+        depth=config.depth,
+        dropout=config.dropout,
+        emb_dropout=config.emb_dropout,
+        channels=config.channels,
+    )
+
+
+def _timm_scale(image: tuple[int, int], branch: tuple[int, int]) -> float | None:
+    """timm's ``img_scale`` entry for a branch: the factor ``s`` with ``int(side * s)`` = the branch's size on
+    both sides (timm's ``img_size_scaled``), or ``None`` when no single factor gives it."""
+    if branch == image:
+        return 1.0
+    for ratio in (branch[0] / image[0], branch[1] / image[1]):
+        for scale in (ratio, math.nextafter(ratio, math.inf)):  # the float just above, if int() rounds down
+            if all(int(side * scale) == want for side, want in zip(image, branch, strict=True)):
+                return scale
+    return None
+
+
+def timm_architecture(config: CrossViTConfig) -> tuple[str, dict[str, Any]]:
+    """timm's architecture name and ``model_args`` that build this CrossViT as timm's ``CrossVit`` (as its Hub
+    ``config.json`` records them), or ``NotImplementedError`` naming what timm's ``CrossVit`` cannot express.
+
+    A single cross-attention block per branch is timm's registered layout (``depth[-1] == 0``: the block on its
+    own, with its stochastic-depth schedule), which :func:`export_timm` writes by default; more are nested.
+    """
+    missing = _preset_differences(config, "timm")
+    image = to_pair(config.image_size)
+    scales = []
+    for b, size in _branch_sizes(config).items():
+        dim, mlp_dim = getattr(config, f"{b}_dim"), getattr(config, f"{b}_enc_mlp_dim")
+        if getattr(config, f"{b}_enc_depth") < 1:
+            missing.append(f"{b}_enc_depth=0 (timm's CrossVit has at least one block per branch)")
+        if int(dim * (mlp_dim / dim)) != mlp_dim:
+            missing.append(f"{b}_enc_mlp_dim={mlp_dim}, which is no ratio of {b}_dim={dim} timm rounds back to")
+        scale = _timm_scale(image, size)
+        if scale is None:
+            missing.append(
+                f"{b}_image_size={getattr(config, f'{b}_image_size')!r}, which is no single scale of "
+                f"image_size={config.image_size!r} (timm's img_scale scales both sides by one factor)"
+            )
+        scales.append(scale)
+    if not math.isclose(config.layer_norm_eps, 1e-6, rel_tol=1e-6):
+        missing.append(f"layer_norm_eps={config.layer_norm_eps} (timm's CrossVit builds its LayerNorms with eps 1e-6)")
+    if missing:
+        raise NotImplementedError("this CrossViT cannot be written as a timm CrossVit: " + "; ".join(missing))
+    # timm's depth[-1]: 0 for a single fusion block on its own, else the number of nested ones.
+    fusion_depth = 0 if config.cross_attn_depth == 1 else config.cross_attn_depth
+    architecture = "crossvit_9_dagger_240" if config.multi_conv else "crossvit_9_240"
+    return architecture, dict(
+        img_size=config.image_size if isinstance(config.image_size, int) else list(image),
+        img_scale=scales,
+        patch_size=[config.sm_patch_size, config.lg_patch_size],
+        in_chans=config.channels,
+        num_classes=config.num_labels,
+        embed_dim=[config.sm_dim, config.lg_dim],
+        depth=[[config.sm_enc_depth, config.lg_enc_depth, fusion_depth]] * config.depth,
+        num_heads=[config.sm_enc_heads, config.lg_enc_heads],
+        # The third entry is read by the fusion blocks, which have no MLP (timm's registered models: 1).
+        mlp_ratio=[config.sm_enc_mlp_dim / config.sm_dim, config.lg_enc_mlp_dim / config.lg_dim, 1.0],
+        multi_conv=config.multi_conv,
+        crop_scale=config.crop_scale,
+        qkv_bias=config.qkv_bias,
+        drop_rate=0.0,  # timm's dropout before the heads, which CrossViT does not model
+        pos_drop_rate=config.emb_dropout,
+        proj_drop_rate=config.dropout,
+        attn_drop_rate=config.dropout,
+        drop_path_rate=config.drop_path_rate,
+        global_pool=config.global_pool,
+    )

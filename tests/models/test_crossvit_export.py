@@ -1,4 +1,4 @@
-"""CrossViT goes back to PyTorch: the folders ``hf_vit_flax.export_timm`` and ``export_vit_pytorch`` write are
+"""CrossViT goes back to PyTorch: the folders ``hf_vit_flax.export(model, "timm" | "vit-pytorch", ...)`` writes are
 loaded by timm (``timm.create_model("local-dir:...", pretrained=True)``) and vit-pytorch themselves, with the
 same tensors bit for bit and the same logits; what a library cannot express is refused by name."""
 
@@ -127,7 +127,7 @@ def test_timm_loads_the_export(name, tmp_path):
     arch, kwargs = TIMM[name]
     original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
     model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export_timm(model, tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path)
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     assert_same_state(loaded, original)
     assert loaded.img_size_scaled == original.img_size_scaled
@@ -146,7 +146,7 @@ def test_a_single_nested_fusion_block_is_exported_in_timms_registered_layout(tmp
     arch, kwargs = TIMM["tiny-240"]
     original = randomize_(timm.create_model(arch, pretrained=False, **{**kwargs, "depth": ((1, 1, 1),)}), seed=5)
     model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export_timm(model, tmp_path)
+    hf_vit_flax.export(model, "timm", tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["model_args"]["depth"] == [[1, 1, 0]]
     loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
     want = {
@@ -201,7 +201,7 @@ def test_what_timm_cannot_express_is_refused(changes, match):
 def test_export_timm_refuses_a_vit_pytorch_crossvit(tmp_path):
     model = hf_vit_flax.from_vit_pytorch(ReferenceCrossViT(**DIFFERENT_WIDTHS))
     with pytest.raises(NotImplementedError, match="cannot be written as a timm CrossVit: patch_embedding="):
-        hf_vit_flax.export_timm(model, tmp_path / "out")
+        hf_vit_flax.export(model, "timm", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -213,7 +213,7 @@ def test_vit_pytorch_loads_the_export(name, tmp_path):
     kwargs = VIT_PYTORCH[name]
     original = randomize_(ReferenceCrossViT(**kwargs), seed=1).eval()
     model = hf_vit_flax.from_vit_pytorch(original)
-    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    hf_vit_flax.export(model, "vit-pytorch", tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["kwargs"] == {**vit_pytorch_defaults(), **kwargs}
     loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
     assert type(loaded) is ReferenceCrossViT
@@ -251,7 +251,7 @@ def test_a_crossvit_used_on_non_square_images(tmp_path):
     with pytest.raises(ValueError, match=r"image_size=\(32, 96\) gives .* position embeddings for 64"):
         hf_vit_flax.from_vit_pytorch(original, image_size=(32, 96))
     # The way back writes the square with the same patch counts; the module takes the same images.
-    hf_vit_flax.export_vit_pytorch(model, tmp_path)
+    hf_vit_flax.export(model, "vit-pytorch", tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["kwargs"]["image_size"] == 64
     loaded = hf_vit_flax.load_vit_pytorch(tmp_path)
     assert_same_state(loaded, original)
@@ -283,5 +283,5 @@ def test_export_vit_pytorch_refuses_a_timm_crossvit(tmp_path):
     arch, kwargs = TIMM["tiny-240"]
     model = hf_vit_flax.from_timm(timm.create_model(arch, pretrained=False, **kwargs))
     with pytest.raises(NotImplementedError, match="cannot be written as a vit-pytorch CrossViT: patch_embedding="):
-        hf_vit_flax.export_vit_pytorch(model, tmp_path / "out")
+        hf_vit_flax.export(model, "vit-pytorch", tmp_path / "out")
     assert not (tmp_path / "out").exists()

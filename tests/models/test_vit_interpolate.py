@@ -42,3 +42,24 @@ def test_families_without_interpolation_say_so():
     model = hf_vit_flax.FlaxCaiTModel(config)
     with pytest.raises(ValueError, match="does not take interpolate_pos_encoding"):
         model(np.zeros((1, 3, 32, 32), np.float32), interpolate_pos_encoding=True)
+
+
+@pytest.mark.parametrize("class_name", ["ViTForImageClassification", "DeiTForImageClassificationWithTeacher"])
+@pytest.mark.parametrize("size", [(48, 48), (24, 40)])
+def test_matches_transformers_at_another_resolution(class_name, size):
+    """transformers' PyTorch ViT / DeiT with ``interpolate_pos_encoding=True`` at a size other than the
+    trained 32x32 (a 4x4 grid of 8x8 patches): the same logits within 1e-4."""
+    transformers = pytest.importorskip("transformers")
+    from tests.helpers import assert_parity, images, randomize_
+
+    config_class = transformers.DeiTConfig if class_name.startswith("DeiT") else transformers.ViTConfig
+    config = config_class(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=32, patch_size=8
+    )
+    reference = randomize_(getattr(transformers, class_name)(config), seed=3).eval()
+    model = hf_vit_flax.from_transformers(reference)
+    pixels = images(2, *size, seed=4)
+    with torch.inference_mode():
+        expected = reference(pixel_values=torch.from_numpy(pixels), interpolate_pos_encoding=True).logits.numpy()
+    got = np.asarray(model(pixels, interpolate_pos_encoding=True).logits)
+    assert_parity(got, expected, atol=1e-4)

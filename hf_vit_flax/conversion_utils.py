@@ -356,3 +356,15 @@ def image_size_from_patches(num_patches: int, patch_size: tuple[int, int], what:
             f"{patch_h}x{patch_w}, not a square grid): pass image_size=(height, width)"
         )
     return side * patch_h if patch_h == patch_w else (side * patch_h, side * patch_w)
+
+
+def timm_normalization(pretrained_cfg: Mapping[str, Any], channels: int) -> dict[str, Any]:
+    """``image_mean`` / ``image_std`` from a timm ``pretrained_cfg``, when they fit ``channels``.
+
+    A model built with another ``in_chans`` keeps its registered architecture's 3-channel statistics,
+    which do not describe its inputs: then none are taken (the config's default applies).
+    """
+    mean, std = pretrained_cfg.get("mean"), pretrained_cfg.get("std")
+    if not mean or not std or len(mean) != channels or len(std) != channels:
+        return {"image_mean": None, "image_std": None}
+    return {"image_mean": list(mean), "image_std": list(std)}

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .configuration_utils import VisionTransformerConfig, positive_size
-from .conversion_utils import read_state_dict, to_numpy
+from .conversion_utils import read_state_dict, timm_normalization, to_numpy
 from .families import FAMILIES, Family
 from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
@@ -524,8 +524,9 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     if labels and config.num_labels > 0:
         config.id2label = dict(enumerate(labels))
         config.label2id = {label: i for i, label in enumerate(labels)}
-    if pretrained_cfg.get("mean") and pretrained_cfg.get("std"):
-        config.image_mean, config.image_std = list(pretrained_cfg["mean"]), list(pretrained_cfg["std"])
+    normalization = timm_normalization(pretrained_cfg, config.channels)
+    if normalization["image_mean"] is not None:
+        config.image_mean, config.image_std = normalization["image_mean"], normalization["image_std"]
 
     try:
         params = family.convert_timm(state_dict, config)
@@ -537,7 +538,10 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     model_class = family.classifier_class if config.num_labels > 0 else family.model_class
     model = model_class.from_params(config, params)
     # timm's evaluation transform at the size the model takes (timm's defaults where nothing is recorded).
-    model.image_processor = image_processor_from_pretrained_cfg(pretrained_cfg, config.image_size_hw)
+    # The statistics the config holds: timm's when they fit the input channels, else the config's default.
+    processor_kwargs = config.image_processor_kwargs()
+    statistics = {"mean": processor_kwargs["image_mean"], "std": processor_kwargs["image_std"]}
+    model.image_processor = image_processor_from_pretrained_cfg({**pretrained_cfg, **statistics}, config.image_size_hw)
     model.card_data = _card_data(architecture, pretrained_cfg, origin, local_file)
     return model
 

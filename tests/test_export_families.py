@@ -89,3 +89,17 @@ def test_cli_exports_to_timm_and_vit_pytorch(tmp_path, capsys):
     hf_vit_flax.from_vit_pytorch(torch_model).save_pretrained(tmp_path / "from-vp")
     assert main(["export", str(tmp_path / "from-vp"), "--to", "vit-pytorch", "--output-dir", str(tmp_path / "vp")]) == 0
     assert_same_state(hf_vit_flax.load_vit_pytorch(tmp_path / "vp"), torch_model)
+
+
+@pytest.mark.parametrize("arch", ["cait_xxs24_224", "crossvit_tiny_240", "vit_tiny_patch16_224"])
+def test_a_timm_model_with_other_input_channels_converts(arch):
+    """A live timm model built with in_chans=1 keeps its architecture's 3-channel mean/std in its
+    pretrained_cfg; the conversion does not take statistics that do not describe its inputs."""
+    kwargs = dict(in_chans=1, num_classes=3)
+    kwargs.update(dict(img_size=32, patch_size=8, depth=1) if arch.startswith("cait") else {})
+    kwargs.update(dict(img_size=64, depth=1) if arch.startswith("vit") else {})
+    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=7).eval()
+    model = hf_vit_flax.from_timm(original)
+    assert model.config.channels == 1 and len(model.image_processor.image_mean) == 1
+    pixels = images(1, *model.config.image_size_hw, channels=1, seed=8)
+    assert_parity(np.asarray(model(pixels).logits), torch_logits(original, pixels))

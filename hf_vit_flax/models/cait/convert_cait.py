@@ -32,7 +32,7 @@ import numpy as np
 
 from ... import weight_tables as wt
 from ...configuration_utils import to_pair
-from ...conversion_utils import image_size_from_patches, to_numpy
+from ...conversion_utils import image_size_from_patches, timm_normalization, to_numpy
 from ...layers import block_table, conv_patch_embedding_table, patch_embedding_table
 from .configuration_cait import STYLES, CaiTConfig, format_options
 
@@ -263,8 +263,7 @@ def config_from_timm(timm_model: Any) -> CaiTConfig:
         attn_dropout=float(block.attn.attn_drop.p),
         drop_path_rate=float(getattr(block.drop_path, "drop_prob", 0.0)),
         head_dropout=float(getattr(getattr(model, "head_drop", None), "p", 0.0)),
-        image_mean=pretrained_cfg.get("mean"),
-        image_std=pretrained_cfg.get("std"),
+        **timm_normalization(pretrained_cfg, patch_embed.proj.in_channels),
     )
 
 

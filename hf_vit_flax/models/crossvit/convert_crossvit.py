@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ...configuration_utils import to_pair
-from ...conversion_utils import image_size_from_patches
+from ...conversion_utils import image_size_from_patches, timm_normalization
 from ...layers import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -322,8 +322,7 @@ def config_from_timm(model: Any) -> CrossViTConfig:
         global_pool=model.global_pool,
         layer_norm_eps=float(model.norm[0].eps),
         drop_path_rate=drop_path,
-        image_mean=pretrained_cfg.get("mean"),
-        image_std=pretrained_cfg.get("std"),
+        **timm_normalization(pretrained_cfg, int(model.in_chans)),
         **values,
     )
 

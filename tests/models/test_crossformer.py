@@ -240,8 +240,10 @@ def test_bad_pixel_values(small_dropout):
     model = small_dropout
     with pytest.raises(ValueError, match="NHWC"):
         model(np.zeros((1, 224, 224, 3), np.float32))
-    with pytest.raises(ValueError, match="configured for 224x224"):
-        model(np.zeros((1, 3, 448, 448), np.float32))
+    # Any size the windows tile runs (no position embeddings); another is refused with the sizes that work.
+    assert model(np.zeros((1, 3, 448, 448), np.float32)).logits.shape[0] == 1
+    with pytest.raises(ValueError, match="cannot take 200x200 images.*multiples of 224"):
+        model(np.zeros((1, 3, 200, 200), np.float32))
 
 
 @pytest.mark.parametrize(

@@ -53,22 +53,6 @@ BAD_PIXEL_VALUES = [
 ]
 
 
-def assert_core_module_rejects_bad_images(module, size: int = 32):
-    """A core module built for ``size`` x ``size`` RGB images refuses another size, NCHW and 1-channel images."""
-    import jax
-    import jax.numpy as jnp
-    import pytest
-
-    bad = (
-        ((1, size + 8, size + 8, 3), f"built for {size}x{size}"),
-        ((1, 3, size, size), "NCHW"),
-        ((1, size, size, 1), "3-channel"),
-    )
-    for shape, match in bad:
-        with pytest.raises(ValueError, match=match):
-            jax.eval_shape(module.init, jax.random.key(0), jnp.zeros(shape))
-
-
 def randomize_(module, seed: int = 0):
     """Give every parameter of a torch module values that make a wrong mapping visible.
 

@@ -16,8 +16,6 @@ from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack, LayerScaleBlock, TalkingHeadAttention
 from tests.helpers import (
-    BAD_PIXEL_VALUES,
-    assert_core_module_rejects_bad_images,
     assert_parity,
     images,
     randomize_,
@@ -156,16 +154,6 @@ def test_fresh_flax_init_is_not_degenerate():
         assert set(ln) == {"scale", "bias"}
     logits = apply(module, params, images(2, 32, 32))
     assert float(jnp.abs(logits).max()) > 1e-3
-
-
-def test_parity_from_state_dict_needs_config():
-    kwargs = PARITY_CONFIGS["small"]
-    torch_model = reference(kwargs, seed=1)
-    x = images(2, 32, 32)
-    with pytest.raises(ValueError, match="pass its config"):
-        hf_vit_flax.from_vit_pytorch(torch_model.state_dict())
-    model = hf_vit_flax.from_vit_pytorch(torch_model.state_dict(), config=CaiTConfig(**kwargs))
-    assert_parity(model(x).logits, torch_logits(torch_model, x))
 
 
 def test_converter_names_unconverted_and_misshaped_keys():
@@ -342,88 +330,7 @@ def test_layer_dropout_keeps_at_least_one_layer():
     assert 0.35 < np.mean(rates) < 0.65
 
 
-# -- Hugging Face wrappers ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def small():
-    config = CaiTConfig(**dict(PARITY_CONFIGS["small"], dropout=0.2, emb_dropout=0.1, layer_dropout=0.2))
-    return FlaxCaiTForImageClassification(config, seed=0)
-
-
-def test_train_needs_rng_and_is_stochastic(small):
-    x = images(2, 32, 32)
-    with pytest.raises(ValueError, match="dropout_rng"):
-        small(x, train=True)
-    a = small(x, train=True, dropout_rng=jax.random.key(0)).logits
-    b = small(x, train=True, dropout_rng=jax.random.key(1)).logits
-    assert not np.allclose(a, b)
-    np.testing.assert_array_equal(small(x).logits, small(x).logits)
-
-
-def test_save_and_auto_load_is_exact(small, tmp_path):
-    from transformers import AutoConfig
-
-    from hf_vit_flax import FlaxAutoModel, FlaxAutoModelForImageClassification
-
-    small.save_pretrained(tmp_path)
-    loaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
-    assert isinstance(loaded, FlaxCaiTForImageClassification)
-    assert isinstance(AutoConfig.from_pretrained(tmp_path), CaiTConfig)
-    x = images(2, 32, 32)
-    np.testing.assert_array_equal(loaded(x).logits, small(x).logits)
-    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(small.params), strict=True):
-        np.testing.assert_array_equal(a, b)
-    base = FlaxAutoModel.from_pretrained(tmp_path)
-    assert isinstance(base, FlaxCaiTModel)
-    assert "head" not in base.params  # the head of the classifier checkpoint is left out
-    head = small.params["head"]
-    np.testing.assert_allclose(base(x).pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
-
-
-def test_outputs_hidden_states_attentions_and_tuples(small):
-    x = images(2, 32, 32)
-    config = small.config
-    out = small(x, output_hidden_states=True, output_attentions=True)
-    # Embeddings, each self-attention layer's output, then [class token, patches] after each class-attention layer.
-    assert len(out.hidden_states) == 1 + config.depth + config.cls_depth
-    assert [h.shape for h in out.hidden_states] == [(2, 16, 32)] * 3 + [(2, 17, 32)] * 2
-    assert len(out.attentions) == config.depth + config.cls_depth
-    assert out.attentions[0].shape == (2, 2, 16, 16) and out.attentions[-1].shape == (2, 2, 1, 17)
-    logits, *_ = small(x, return_dict=False)
-    np.testing.assert_allclose(logits, out.logits, atol=1e-5)
-    base = FlaxCaiTModel(config, _do_init=False)
-    features = base(x, params=small.params["cait"])
-    np.testing.assert_allclose(features.pooler_output, features.last_hidden_state[:, 0])
-    head = small.params["head"]
-    np.testing.assert_allclose(features.pooler_output @ head["kernel"] + head["bias"], small(x).logits, atol=1e-5)
-
-
-def test_remat_and_dtype(small):
-    # (Eager core module vs the jitted HF wrapper is compared by every parity test.)
-    x = images(2, 32, 32)
-    remat = FlaxCaiTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
-    assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
-    np.testing.assert_allclose(remat(x, params=small.params).logits, small(x).logits, atol=1e-6)
-
-    bf16 = FlaxCaiTForImageClassification(small.config, dtype=jnp.bfloat16, _do_init=False)
-    logits = bf16(x, params=small.params).logits
-    assert logits.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(logits, np.float32), small(x).logits, atol=0.15)
-
-
-@pytest.mark.parametrize("shape, match", BAD_PIXEL_VALUES)
-def test_bad_pixel_values(small, shape, match):
-    with pytest.raises(ValueError, match=match):
-        small(np.zeros(shape, np.float32))
-
-
-def test_core_module_bad_images():
-    module = CaiT(**PARITY_CONFIGS["small"])
-    assert_core_module_rejects_bad_images(module)
-    with pytest.raises(ValueError, match="not divisible by patch size"):
-        bad = CaiT(**dict(PARITY_CONFIGS["small"], image_size=30))
-        jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
+# -- the config ------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -436,7 +343,6 @@ def test_core_module_bad_images():
         (dict(dropout=-0.1), "dropout must be"),
         (dict(style="deit"), "style must be 'vit_pytorch'"),
         (dict(layer_scale_init=0.0), "layer_scale_init must be positive"),
-        (dict(num_classes=3, num_labels=4), "disagree"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -444,22 +350,7 @@ def test_config_validation(kwargs, match):
         CaiTConfig(**kwargs)
 
 
-def test_config_aliases_and_round_trip():
-    config = CaiTConfig(
-        hidden_size=96,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        intermediate_size=192,
-        num_channels=1,
-        num_labels=7,
-        cls_depth=1,
-    )
-    assert (config.dim, config.depth, config.heads, config.mlp_dim, config.channels) == (96, 3, 6, 192, 1)
-    assert config.num_classes == 7 and len(config.id2label) == 7
-    config.hidden_size = 48
-    assert config.dim == 48
-    reloaded = CaiTConfig.from_dict(config.to_dict())
-    assert reloaded.dim == 48 and reloaded.num_classes == 7 and reloaded.model_type == "cait_flax"
+def test_default_config_is_the_seed_readme_model():
     assert CaiTConfig().to_module_kwargs()["depth"] == SEED_README["depth"]
 
 

@@ -7,14 +7,12 @@ import pytest
 import timm
 import torch
 from timm.models.crossvit import CrossVit
-from transformers import AutoConfig
 from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 import hf_vit_flax
 from hf_vit_flax import (
     CrossViT,
     CrossViTConfig,
-    FlaxAutoModel,
     FlaxAutoModelForImageClassification,
     FlaxCrossViTForImageClassification,
     FlaxCrossViTModel,
@@ -23,8 +21,6 @@ from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, convert_timm
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
 from tests.helpers import (
-    BAD_PIXEL_VALUES,
-    assert_core_module_rejects_bad_images,
     assert_parity,
     images,
     max_abs_diff,
@@ -182,25 +178,6 @@ def test_config_read_off_vit_pytorch_matches_the_constructor():
         assert getattr(config, key) == value, key
 
 
-def test_parity_from_state_dict_needs_config():
-    kwargs = PARITY_CONFIGS["different-widths"]
-    torch_model = reference(kwargs, seed=1)
-    x = images(2, 32, 32)
-    with pytest.raises(ValueError, match="pass its config"):
-        hf_vit_flax.from_vit_pytorch(torch_model.state_dict())
-    model = hf_vit_flax.from_vit_pytorch(torch_model.state_dict(), config=CrossViTConfig(**kwargs))
-    assert_parity(model(x).logits, torch_logits(torch_model, x))
-
-
-def test_converter_names_unconverted_and_misshaped_keys():
-    kwargs = PARITY_CONFIGS["different-widths"]
-    state_dict = reference(kwargs).state_dict()
-    with pytest.raises(ValueError, match="not converted"):
-        hf_vit_flax.from_vit_pytorch(state_dict, config=CrossViTConfig(**dict(kwargs, depth=1)))
-    with pytest.raises(ValueError, match="wrong shape"):
-        hf_vit_flax.from_vit_pytorch(state_dict, config=CrossViTConfig(**dict(kwargs, sm_enc_mlp_dim=128)))
-
-
 def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
     kwargs = dict(PARITY_CONFIGS["different-widths"], num_classes=0)
     torch_model = reference(kwargs, seed=2)
@@ -267,81 +244,6 @@ def test_parameter_count_matches_vit_pytorch():
         assert count == sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
 
 
-@pytest.fixture(scope="module")
-def small():
-    config = CrossViTConfig(**PARITY_CONFIGS["different-widths"])  # dropout 0.1, emb_dropout 0.1
-    return FlaxCrossViTForImageClassification(config, seed=0)
-
-
-def test_save_and_auto_reload_exact(small, tmp_path):
-    small.save_pretrained(tmp_path)
-    config = AutoConfig.from_pretrained(tmp_path)
-    assert isinstance(config, CrossViTConfig) and config.model_type == "crossvit_flax"
-    reloaded = FlaxAutoModelForImageClassification.from_pretrained(tmp_path)
-    assert isinstance(reloaded, FlaxCrossViTForImageClassification)
-    x = images(2, 32, 32)
-    np.testing.assert_array_equal(reloaded(x).logits, small(x).logits)
-    # The classifier checkpoint loads into the base model (the heads are dropped).
-    base = FlaxAutoModel.from_pretrained(tmp_path)
-    assert isinstance(base, FlaxCrossViTModel)
-    assert not {"sm_head", "lg_head"} & set(base.params)
-    np.testing.assert_allclose(base(x).pooler_output, pooled_features(small, x), atol=1e-5)  # jit vs eager
-
-
-def test_train_needs_rng_and_is_stochastic_eval_deterministic(small):
-    x = images(2, 32, 32)
-    with pytest.raises(ValueError, match="dropout_rng"):
-        small(x, train=True)
-    a = small(x, train=True, dropout_rng=jax.random.key(0)).logits
-    b = small(x, train=True, dropout_rng=jax.random.key(1)).logits
-    assert not np.allclose(a, b)
-    np.testing.assert_array_equal(small(x).logits, small(x).logits)
-    module = CrossViT(**small.config.to_module_kwargs())
-    variables = small.module_params()
-    with pytest.raises(Exception, match="dropout"):
-        module.apply(variables, nhwc(x), train=True)  # training needs a 'dropout' rng
-    c = module.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(0)})
-    d = module.apply(variables, nhwc(x), train=True, rngs={"dropout": jax.random.key(1)})
-    assert not np.allclose(c, d)
-    np.testing.assert_allclose(module.apply(variables, nhwc(x)), small(x).logits, atol=1e-5)  # eager vs jit
-
-
-def test_outputs_hidden_states_attentions_and_tuples(small):
-    # transformers' structure: tuples of arrays, the small branch in hidden_states / attentions, the large
-    # branch in lg_hidden_states / lg_attentions; hidden_states[-1] is the last block's output.
-    x = images(2, 32, 32)
-    config = small.config
-    out = small(x, output_hidden_states=True, output_attentions=True)
-    assert len(out.hidden_states) == len(out.lg_hidden_states) == config.depth + 1
-    assert out.hidden_states[-1].shape == (2, 1 + 16, 32) and out.lg_hidden_states[-1].shape == (2, 1 + 4, 48)
-    assert len(out.attentions) == config.depth * config.sm_enc_depth
-    assert len(out.lg_attentions) == config.depth * config.lg_enc_depth
-    assert out.attentions[0].shape == (2, 2, 17, 17) and out.lg_attentions[0].shape == (2, 3, 5, 5)
-    np.testing.assert_allclose(np.asarray(out.lg_attentions[-1]).sum(-1), 1.0, rtol=1e-5)
-    features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"], output_hidden_states=True)
-    np.testing.assert_array_equal(
-        features.hidden_states[-1], features.last_hidden_state
-    )  # no final norm in vit-pytorch
-    assert small(x).lg_hidden_states is None and "lg_attentions" not in small(x)
-    assert len(small(x, return_dict=False, output_hidden_states=True)) == 3  # logits, hidden_states, lg_hidden_states
-    logits, *_ = small(x, return_dict=False)
-    np.testing.assert_allclose(logits, out.logits, atol=1e-5)
-    features = FlaxCrossViTModel(config)(x, params=small.params["crossvit"])
-    np.testing.assert_allclose(features.pooler_output[:, :32], features.last_hidden_state[:, 0])
-    assert features.pooler_output.shape == (2, 32 + 48)
-
-
-def test_dtype_and_gradient_checkpointing(small):
-    x = images(2, 32, 32)
-    bf16 = FlaxCrossViTForImageClassification(small.config, dtype=jnp.bfloat16, _do_init=False)
-    logits = bf16(x, params=small.params).logits
-    assert logits.dtype == jnp.bfloat16
-    np.testing.assert_allclose(np.asarray(logits, np.float32), small(x).logits, atol=0.15)
-    remat = FlaxCrossViTForImageClassification(small.config, gradient_checkpointing=True, _do_init=False)
-    assert jax.tree.structure(remat.params_shape_tree) == jax.tree.structure(small.params)
-    np.testing.assert_allclose(remat(x, params=small.params).logits, small(x).logits, atol=1e-6)
-
-
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -358,37 +260,11 @@ def test_dtype_and_gradient_checkpointing(small):
             "exists for patch sizes",
         ),
         (dict(image_size=240, lg_image_size=230), "lg_image_size"),
-        (dict(num_classes=3, num_labels=4), "disagree"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CrossViTConfig(**kwargs)
-
-
-def test_core_module_validates_too():
-    bad = CrossViT(image_size=30, num_classes=3, sm_dim=16, lg_dim=16, sm_patch_size=4, lg_patch_size=8)
-    with pytest.raises(ValueError, match="not divisible by sm_patch_size 4"):
-        jax.eval_shape(bad.init, jax.random.key(0), jnp.zeros((1, 30, 30, 3)))
-
-
-def test_config_aliases_and_round_trip():
-    config = CrossViTConfig(num_channels=1, num_labels=7, num_hidden_layers=2, sm_image_size=(240, 240))
-    assert (config.channels, config.num_classes, config.depth, len(config.id2label)) == (1, 7, 2, 7)
-    reloaded = CrossViTConfig.from_dict(config.to_dict())
-    assert reloaded.to_module_kwargs() == config.to_module_kwargs()
-    assert reloaded.model_type == "crossvit_flax"
-
-
-@pytest.mark.parametrize("shape, match", BAD_PIXEL_VALUES)
-def test_bad_pixel_values(small, shape, match):
-    with pytest.raises(ValueError, match=match):
-        small(np.zeros(shape, np.float32))
-
-
-def test_core_module_bad_images():
-    module = CrossViT(**PARITY_CONFIGS["different-widths"])
-    assert_core_module_rejects_bad_images(module)
 
 
 # -- Part B: timm -------------------------------------------------------------------------------------------

@@ -212,61 +212,6 @@ def _checked_state_dict(state: Any, path: str) -> dict[str, np.ndarray]:
     return to_numpy(state)
 
 
-def linear(weight: np.ndarray) -> np.ndarray:
-    """torch Linear weight ``(out, in)`` -> flax Dense kernel ``(in, out)``."""
-    return np.ascontiguousarray(weight.T)
-
-
-def conv(weight: np.ndarray) -> np.ndarray:
-    """torch Conv2d weight ``(O, I, kh, kw)`` -> flax Conv kernel ``(kh, kw, I, O)``."""
-    return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))
-
-
-class StateDictReader:
-    """Pops keys from a foreign state dict so that whatever a converter did not use can be reported."""
-
-    def __init__(self, state_dict: Mapping[str, np.ndarray], ignore: Iterable[str] = ()):
-        self.remaining = dict(state_dict)
-        self.ignored = sorted(k for k in self.remaining if any(k.endswith(s) or k == s for s in ignore))
-        for key in self.ignored:
-            del self.remaining[key]
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.remaining
-
-    def pop(self, key: str) -> np.ndarray:
-        if key not in self.remaining:
-            raise KeyError(f"the checkpoint has no key '{key}'")
-        return self.remaining.pop(key)
-
-    def linear(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
-        out = {"kernel": linear(self.pop(f"{prefix}.weight"))}
-        if bias:
-            out["bias"] = self.pop(f"{prefix}.bias")
-        return out
-
-    def conv(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
-        out = {"kernel": conv(self.pop(f"{prefix}.weight"))}
-        if bias:
-            out["bias"] = self.pop(f"{prefix}.bias")
-        return out
-
-    def layer_norm(self, prefix: str, bias: bool = True) -> dict[str, np.ndarray]:
-        out = {"scale": self.pop(f"{prefix}.weight")}
-        if bias:
-            out["bias"] = self.pop(f"{prefix}.bias")
-        return out
-
-    def finish(self, what: str) -> None:
-        """Raise if any key of the foreign state dict was not used (and not deliberately ignored)."""
-        if self.remaining:
-            raise ValueError(
-                f"{what}: {len(self.remaining)} checkpoint keys were not converted: "
-                f"{sorted(self.remaining)[:20]}. The checkpoint does not match the configuration "
-                f"(another architecture or options)."
-            )
-
-
 def check_tree(params: Mapping, expected: Mapping, what: str) -> dict:
     """Strict comparison of a converted tree with the model's expected tree (shapes).
 

@@ -336,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model",
         nargs="?",
         default=None,
-        help="a saved folder or Hub repo, timm:<name>, crossformer:<path>, or a variant of configs/ "
-        "(default: a small ViT suited to the data)",
+        help="a saved folder or Hub repo, timm:<name>, transformers:<repo-or-path>, crossformer:<path>, "
+        "or a variant of configs/ (default: a small ViT suited to the data)",
     )
     train.add_argument(
         "--data", required=True, help="digits, an image folder, or a Hugging Face dataset (name or folder)"

@@ -17,6 +17,15 @@ from typing import Any
 
 from .modeling_utils import FlaxVisionPreTrainedModel
 
+# The prefixes that name a source's format: ``timm:<name>``, ``transformers:<repo>``, ``crossformer:<path>``.
+PREFIXES = ("timm", "transformers", "crossformer")
+
+
+def is_prefixed(spec: str) -> bool:
+    """Whether ``spec`` names its format with one of :data:`PREFIXES` (``timm:vit_tiny_patch16_224`` ...)."""
+    kind, sep, _ = spec.partition(":")
+    return bool(sep) and kind in PREFIXES
+
 
 @dataclass(frozen=True)
 class Source:
@@ -29,8 +38,8 @@ class Source:
 
     @classmethod
     def parse(cls, spec: str, *, variant=None, architecture=None, image_size=None, config=None) -> Source:
-        kind, sep, rest = spec.partition(":")
-        if sep and kind in ("timm", "transformers", "crossformer"):
+        kind, _, rest = spec.partition(":")
+        if is_prefixed(spec):
             if kind == "crossformer" and not (variant or config):
                 raise ValueError(
                     "a crossformer: source needs --variant t|s|b|l (CrossFormer-T/S/B/L) or --config CONFIG.json"

@@ -2,7 +2,8 @@
 
 MODEL is what the rest of the package loads: a folder written by ``save_pretrained`` or a Hub repo id
 (``from_pretrained(..., num_labels=N, id2label=..., ignore_mismatched_sizes=True)``, as transformers
-replaces a head), a timm or CrossFormer checkpoint (``hf_vit_flax.sources.Source``, the resolution of
+replaces a head), a timm, transformers-format or CrossFormer checkpoint (``timm:<name>``,
+``transformers:<repo-or-path>``, ``crossformer:<path>``: ``hf_vit_flax.sources.Source``, the resolution of
 ``hf-vit-flax convert``), or a named variant of ``configs/`` (randomly initialised). Without MODEL, the
 ``vit-finetune-tiny`` preset, at a size suited to the data.
 """
@@ -91,7 +92,7 @@ def load_model(
     from .. import FlaxAutoModelForImageClassification
     from ..families import family_of_config
     from ..hub import looks_like_path
-    from ..sources import Source
+    from ..sources import Source, is_prefixed
     from ..variants import variant_names
 
     kwargs: dict[str, Any] = {
@@ -110,14 +111,14 @@ def load_model(
         config = _variant_config(name, **overrides, **labels)
         model = family_of_config(config).classifier_class(config, seed=seed, **kwargs)
         return model, name
-    is_source = spec.startswith(("timm:", "crossformer:")) or (os.path.exists(spec) and not _is_saved_model(spec))
+    is_source = is_prefixed(spec) or (os.path.exists(spec) and not _is_saved_model(spec))
     if is_source:
         source = Source.parse(spec, variant=crossformer_variant, image_size=image_size)
         return with_labels(source.convert(), id2label, seed=seed, **kwargs), spec
     if not os.path.exists(spec) and looks_like_path(spec):
         raise FileNotFoundError(
             f"the model {spec} does not exist: give a folder written by save_pretrained, a Hub repo id, "
-            f"timm:<name>, crossformer:<path> or a variant of configs/ ({DEFAULT_PRESET}, vit_tiny_patch16_224 ...)"
+            f"timm:<name>, transformers:<repo-or-path>, crossformer:<path> or a variant of configs/ ({DEFAULT_PRESET}, vit_tiny_patch16_224 ...)"
         )
     if image_size is not None:
         raise ValueError(f"--image-size applies to variants and timm checkpoints; {spec} has its own size")

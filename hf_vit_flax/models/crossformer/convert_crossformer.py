@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from ... import weight_tables as wt
-from ...conversion_utils import read_state_dict, to_numpy
+from ...conversion_utils import read_state_dict, same_named, to_numpy
 from ...layers import TIMM_BLOCK, block_table
-from .configuration_crossformer import PRESETS, CrossFormerConfig, expand_options
+from .configuration_crossformer import PER_STAGE_FIELDS, PRESETS, CrossFormerConfig, expand_options
 from .geometry import NUM_STAGES
 
 # Persistent buffers of every v1 block: the offsets table and the relative index, both recomputed.
@@ -170,18 +170,11 @@ def vit_pytorch_kwargs(config: CrossFormerConfig) -> dict[str, Any]:
     options = check_vit_pytorch_options(config)
     if config.drop_path_rate:
         raise ValueError("vit-pytorch's CrossFormer has no drop_path_rate")
-    nested = lambda v: [nested(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
     return dict(
-        dim=nested(options["dim"]),
         depth=[d // 2 for d in options["depth"]],
-        global_window_size=nested(options["global_window_size"]),
-        local_window_size=nested(options["local_window_size"]),
-        cross_embed_kernel_sizes=nested(options["cross_embed_kernel_sizes"]),
-        cross_embed_strides=nested(options["cross_embed_strides"]),
         num_classes=config.num_labels,
-        attn_dropout=config.attn_dropout,
-        ff_dropout=config.ff_dropout,
-        channels=config.channels,
+        **same_named(options, *PER_STAGE_FIELDS, "cross_embed_kernel_sizes"),
+        **same_named(config, "attn_dropout", "ff_dropout", "channels"),
     )
 
 

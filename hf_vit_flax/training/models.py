@@ -37,19 +37,10 @@ def _variant_config(name: str, **overrides):
 
 def _is_saved_model(path: str) -> bool:
     """A folder written by ``save_pretrained`` (its config.json names one of our model types)."""
-    import json
-
+    from ..checkpoint import folder_model_type
     from ..families import FAMILIES
 
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type in {f.config_class.model_type for f in FAMILIES.values()}
+    return folder_model_type(path) in {f.config_class.model_type for f in FAMILIES.values()}
 
 
 def with_labels(model: FlaxVisionPreTrainedModel, id2label: dict[int, str], seed: int = 0, **kwargs):

@@ -33,7 +33,7 @@ from .conversion_utils import read_state_dict, timm_normalization, to_numpy
 from .families import FAMILIES, Family
 from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
-from .variants import read_variant, variant_config_path, variant_names
+from .variants import read_variant, variant_config, variant_names
 from .weight_tables import WeightMismatchError
 
 __all__ = ["from_timm", "imagenet_labels", "list_timm_models", "load_variant_config", "timm_variant_info"]
@@ -161,13 +161,7 @@ def load_variant_config(architecture: str, **overrides: Any) -> VisionTransforme
     """
     architecture = architecture.split(".", 1)[0]
     timm_variant_info(architecture)
-    data = read_variant(architecture)
-    data.pop("timm")
-    model_type = data.pop("model_type")
-    for family in FAMILIES.values():
-        if family.config_class.model_type == model_type:
-            return family.config_class(**{**data, **overrides})
-    raise ValueError(f"{variant_config_path(architecture)} has model_type {model_type!r} of no known family")
+    return variant_config(architecture, **overrides)
 
 
 def list_timm_models(pretrained: bool = False, prefix: str = "") -> list[str]:

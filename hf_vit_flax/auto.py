@@ -8,11 +8,10 @@ is handed to them; on transformers 5.x, which has no Flax models, such a checkpo
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, ClassVar
 
-from .checkpoint import CONFIG_NAME, CheckpointLocation
+from .checkpoint import CONFIG_NAME, CheckpointLocation, read_json
 
 _LOCATION_KWARGS = ("subfolder", "revision", "cache_dir", "token", "local_files_only", "force_download")
 
@@ -98,14 +97,9 @@ class _BaseAutoModel:
 
 
 def _read_model_type(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
     from .configuration_utils import check_json_object
 
-    return check_json_object(data, path).get("model_type")
+    return check_json_object(read_json(path), path).get("model_type")
 
 
 def _transformers_auto_class(name: str):

@@ -67,6 +67,28 @@ def is_weights_file(name: str) -> bool:
     return name in {n for n, _ in WEIGHTS_CANDIDATES} or bool(_SHARD.fullmatch(name))
 
 
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON value in the file ``path``; a ValueError naming the file (as ``what``, when given) if it is not
+    valid JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except ValueError as err:
+        raise ValueError(f"{what + ' ' if what else ''}{os.fspath(path)} is not valid JSON: {err}") from err
+
+
+def folder_model_type(path: str | os.PathLike) -> Any:
+    """The ``model_type`` in the ``config.json`` of the local folder ``path``; None when it has none or it
+    cannot be read (then the folder is no checkpoint of ours nor of transformers)."""
+    config = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(config):
+        return None
+    try:
+        return read_json(config).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 # -- finding files ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CheckpointLocation:

@@ -192,7 +192,8 @@ def _demo(args: argparse.Namespace) -> int:
 
     With timm installed, the checkpoint is timm's DeiT-Tiny built locally (random weights: nothing is
     downloaded), written in the timm Hub format and converted like any timm checkpoint, with the
-    converted model verified against timm. Without timm, a small ViT is built from a config instead.
+    converted model verified against timm. Without timm, the small ViT of the ``vit-finetune-tiny`` variant
+    is built instead.
     """
     import numpy as np
 
@@ -219,17 +220,10 @@ def _demo(args: argparse.Namespace) -> int:
         model.card_data["parity"] = parity = source.verify(model)
         print(f"converted to {type(model).__name__}; max |logits difference| against timm: {parity:.2e}")
     else:
-        print("timm is not installed (pip install -e '.[torch]'): building a small ViT from a config instead")
-        config = hf_vit_flax.ViTConfig(
-            image_size=224,
-            patch_size=16,
-            num_classes=10,
-            dim=192,
-            depth=4,
-            heads=3,
-            mlp_dim=768,
-            id2label={i: f"class_{i}" for i in range(10)},
-        )
+        from hf_vit_flax.variants import variant_config
+
+        print("timm is not installed (pip install -e '.[torch]'): building the small ViT vit-finetune-tiny instead")
+        config = variant_config("vit-finetune-tiny", id2label={i: f"class_{i}" for i in range(10)})
         model = hf_vit_flax.FlaxViTForImageClassification(config, seed=0)
     model_dir = os.path.join(args.output_dir, "model")
     model.save_pretrained(model_dir)

@@ -12,6 +12,7 @@ converter and the command line report a bad file the same way.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -301,6 +302,21 @@ def image_size_from_patches(num_patches: int, patch_size: tuple[int, int], what:
             f"{patch_h}x{patch_w}, not a square grid): pass image_size=(height, width)"
         )
     return side * patch_h if patch_h == patch_w else (side * patch_h, side * patch_w)
+
+
+def same_named(source: Any, *names: str) -> dict[str, Any]:
+    """``{name: source.<name>}`` (or ``source[name]`` for a mapping), JSON-ready (tuples as lists).
+
+    The families speak vit-pytorch's vocabulary, so most constructor arguments of a reference class
+    carry over under their own name: a converter lists those here and spells out only what it renames.
+    """
+    get = source.__getitem__ if isinstance(source, Mapping) else functools.partial(getattr, source)
+    return {name: as_lists(get(name)) for name in names}
+
+
+def as_lists(value: Any) -> Any:
+    """``value`` with every (nested) tuple as a list, as JSON writes it."""
+    return [as_lists(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def timm_normalization(pretrained_cfg: Mapping[str, Any], channels: int) -> dict[str, Any]:

@@ -81,17 +81,12 @@ class Source:
     def _crossformer_config(self):
         if self.config is None:
             return f"crossformer-{self.variant.lower()}"
-        import json
-
         from . import CrossFormerConfig
+        from .checkpoint import read_json
 
         if not os.path.isfile(self.config):
             raise FileNotFoundError(f"the CrossFormer config {self.config} does not exist")
-        with open(self.config, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except ValueError as err:
-                raise ValueError(f"the CrossFormer config {self.config} is not valid JSON: {err}") from err
+        data = read_json(self.config, "the CrossFormer config")
         if not isinstance(data, dict):
             raise ValueError(
                 f"the CrossFormer config {self.config} holds a JSON {type(data).__name__}, not an object: expected an "
@@ -149,16 +144,8 @@ class Source:
 
 def _is_transformers_folder(path: str) -> bool:
     """A local folder whose config.json is transformers' own, of a model type a family converts."""
-    import json
-
+    from .checkpoint import folder_model_type
     from .families import FAMILIES
 
-    config = os.path.join(path, "config.json")
-    if not os.path.isdir(path) or not os.path.isfile(config):
-        return False
-    try:
-        with open(config, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type in {t for family in FAMILIES.values() for t in family.transformers_model_types}
+    converted = {t for family in FAMILIES.values() for t in family.transformers_model_types}
+    return folder_model_type(path) in converted

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
+from .checkpoint import read_json
 from .configuration_utils import VisionTransformerConfig, positive_size
 from .conversion_utils import read_state_dict, timm_normalization, to_numpy
 from .families import FAMILIES, Family
 from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
-from .variants import read_variant, variant_config_path, variant_names
+from .variants import read_variant, variant_config, variant_names
 from .weight_tables import WeightMismatchError
 
 __all__ = ["from_timm", "imagenet_labels", "list_timm_models", "load_variant_config", "timm_variant_info"]
@@ -160,13 +161,7 @@ def load_variant_config(architecture: str, **overrides: Any) -> VisionTransforme
     """
     architecture = architecture.split(".", 1)[0]
     timm_variant_info(architecture)
-    data = read_variant(architecture)
-    data.pop("timm")
-    model_type = data.pop("model_type")
-    for family in FAMILIES.values():
-        if family.config_class.model_type == model_type:
-            return family.config_class(**{**data, **overrides})
-    raise ValueError(f"{variant_config_path(architecture)} has model_type {model_type!r} of no known family")
+    return variant_config(architecture, **overrides)
 
 
 def list_timm_models(pretrained: bool = False, prefix: str = "") -> list[str]:
@@ -298,11 +293,7 @@ def _read_local(path: Path) -> tuple[dict, dict[str, np.ndarray], str]:
         config_path, weights_path = path.parent / "config.json", path
     hub_config = {}
     if config_path.is_file():
-        with open(config_path, encoding="utf-8") as f:
-            try:
-                candidate = json.load(f)
-            except ValueError as err:
-                raise ValueError(f"{config_path} is not valid JSON: {err}") from err
+        candidate = read_json(config_path)
         if isinstance(candidate, dict) and "architecture" in candidate:  # a timm config, not e.g. a transformers one
             hub_config = candidate
     return hub_config, _read_weights(weights_path), str(weights_path)
@@ -500,21 +491,14 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
         pretrained_cfg = _default_pretrained_cfg(architecture)
 
     if num_classes_override is not None:
-        if int(num_classes_override) != 0:
-            raise ValueError("num_classes= can only be 0 (drop the classifier); a new head is not a conversion")
+        check_num_classes_override(num_classes_override)
         classifier = pretrained_cfg.get("classifier") or "head"
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(f"{c}." for c in classifier))}
         config = replace_config(config, num_classes=0)
     if image_size is not None:
         config = replace_config(config, image_size=image_size)
-    if overrides:
-        unknown = [k for k in overrides if not hasattr(config, k)]
-        if unknown:
-            raise TypeError(
-                f"from_timm got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})"
-            )
-        config = replace_config(config, **overrides)
+    config = apply_overrides(config, overrides, "from_timm")
 
     labels = _labels(
         config.num_labels,
@@ -528,15 +512,14 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     if normalization["image_mean"] is not None:
         config.image_mean, config.image_std = normalization["image_mean"], normalization["image_std"]
 
-    try:
-        params = family.convert_timm(state_dict, config)
-    except (KeyError, WeightMismatchError) as err:
-        raise ValueError(
-            f"{origin} does not match timm {architecture}: {str(err.args[0] if err.args else err).rstrip('.')}. "
-            f"Is it a checkpoint of another architecture? Pass architecture= to say which."
-        ) from err
-    model_class = family.classifier_class if config.num_labels > 0 else family.model_class
-    model = model_class.from_params(config, params)
+    model = model_from_weights(
+        family,
+        family.convert_timm,
+        state_dict,
+        config,
+        f"{origin} does not match timm {architecture}",
+        hint=". Is it a checkpoint of another architecture? Pass architecture= to say which.",
+    )
     # timm's evaluation transform at the size the model takes (timm's defaults where nothing is recorded).
     # The statistics the config holds: timm's when they fit the input channels, else the config's default.
     processor_kwargs = config.image_processor_kwargs()
@@ -544,6 +527,40 @@ def from_timm(source: Any, **overrides: Any) -> FlaxVisionPreTrainedModel:
     model.image_processor = image_processor_from_pretrained_cfg({**pretrained_cfg, **statistics}, config.image_size_hw)
     model.card_data = _card_data(architecture, pretrained_cfg, origin, local_file)
     return model
+
+
+def model_from_weights(
+    family: Family,
+    convert,
+    state_dict: Mapping[str, np.ndarray],
+    config: VisionTransformerConfig,
+    mismatch: str,
+    hint: str = "",
+) -> FlaxVisionPreTrainedModel:
+    """``family``'s classifier (its base model when ``config.num_labels == 0``) holding ``convert(state_dict,
+    config)``; weights that do not fit raise a ValueError: ``mismatch``, the converter's reason, ``hint``."""
+    try:
+        params = convert(state_dict, config)
+    except (KeyError, WeightMismatchError) as err:
+        raise ValueError(f"{mismatch}: {str(err.args[0] if err.args else err).rstrip('.')}{hint}") from err
+    model_class = family.classifier_class if config.num_labels > 0 else family.model_class
+    return model_class.from_params(config, params)
+
+
+def check_num_classes_override(num_classes: Any) -> None:
+    """``num_classes=`` of a conversion drops the classifier; any other head would be new weights."""
+    if int(num_classes) != 0:
+        raise ValueError("num_classes= can only be 0 (drop the classifier); a new head is not a conversion")
+
+
+def apply_overrides(config: VisionTransformerConfig, overrides: Mapping[str, Any], caller: str):
+    """``config`` with the config attributes a conversion's caller passed; a TypeError names the others."""
+    if not overrides:
+        return config
+    unknown = [k for k in overrides if not hasattr(config, k)]
+    if unknown:
+        raise TypeError(f"{caller} got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})")
+    return replace_config(config, **overrides)
 
 
 def replace_config(config: VisionTransformerConfig, **changes: Any) -> VisionTransformerConfig:

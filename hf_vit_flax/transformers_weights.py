@@ -25,13 +25,22 @@ from typing import Any
 import numpy as np
 from flax.traverse_util import flatten_dict
 
+from .checkpoint import read_json
 from .configuration_utils import VisionTransformerConfig
 from .conversion_utils import read_state_dict, to_numpy
 from .families import FAMILIES, Family, family_of_config
 from .hub import looks_like_path
 from .modeling_utils import FlaxVisionPreTrainedModel
-from .timm_weights import CITATIONS, fetch_first, fetch_json, file_sha256, is_torch_module, replace_config
-from .weight_tables import WeightMismatchError
+from .timm_weights import (
+    CITATIONS,
+    apply_overrides,
+    check_num_classes_override,
+    fetch_first,
+    fetch_json,
+    file_sha256,
+    is_torch_module,
+    model_from_weights,
+)
 
 __all__ = ["from_transformers", "save_transformers", "transformers_family"]
 
@@ -148,11 +157,7 @@ def read_weights(path: str, fetch_shard) -> dict[str, np.ndarray]:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except ValueError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path} is not a JSON object")
     return data
@@ -305,20 +310,13 @@ def from_transformers(source: Any, **overrides: Any) -> FlaxVisionPreTrainedMode
             "from_transformers keeps the checkpoint's image size (image_size= would resample the position "
             "embeddings, which transformers does at run time with interpolate_pos_encoding)"
         )
-    num_classes = overrides.get("num_classes")
-    if num_classes is not None and int(num_classes) != 0:
-        raise ValueError("num_classes= can only be 0 (drop the classifier); a new head is not a conversion")
+    if overrides.get("num_classes") is not None:
+        check_num_classes_override(overrides["num_classes"])
     hub_kwargs = {k: overrides.pop(k) for k in ("revision", "cache_dir", "token", "local_files_only") if k in overrides}
     checkpoint = _read_source(source, hub_kwargs)
     family = transformers_family(checkpoint.hf_config)
     config = family.config_from_transformers(checkpoint.hf_config, checkpoint.state_dict)
-    if overrides:
-        unknown = [k for k in overrides if not hasattr(config, k)]
-        if unknown:
-            raise TypeError(
-                f"from_transformers got unknown keyword arguments {unknown} (not attributes of {type(config).__name__})"
-            )
-        config = replace_config(config, **overrides)
+    config = apply_overrides(config, overrides, "from_transformers")
     labels = checkpoint.hf_config.get("id2label") or {}
     if config.num_labels > 0 and len(labels) == config.num_labels:
         config.id2label = {int(k): str(v) for k, v in labels.items()}
@@ -327,15 +325,13 @@ def from_transformers(source: Any, **overrides: Any) -> FlaxVisionPreTrainedMode
     if processor is not None and getattr(processor, "do_normalize", False):
         config.image_mean, config.image_std = list(processor.image_mean), list(processor.image_std)
     model_type = checkpoint.hf_config["model_type"]
-    try:
-        params = family.convert_transformers(checkpoint.state_dict, config)
-    except (KeyError, WeightMismatchError) as err:
-        raise ValueError(
-            f"{checkpoint.origin} does not match its config.json ({model_type}): "
-            f"{str(err.args[0] if err.args else err).rstrip('.')}"
-        ) from err
-    model_class = family.classifier_class if config.num_labels > 0 else family.model_class
-    model = model_class.from_params(config, params)
+    model = model_from_weights(
+        family,
+        family.convert_transformers,
+        checkpoint.state_dict,
+        config,
+        f"{checkpoint.origin} does not match its config.json ({model_type})",
+    )
     if processor is not None:
         model.image_processor = processor
     model.card_data = _card_data(checkpoint, config, model_type)

@@ -51,3 +51,17 @@ def read_variant(name: str) -> dict[str, Any]:
     """The parsed json of variant ``name``."""
     with open(variant_config_path(name), encoding="utf-8") as f:
         return json.load(f)
+
+
+def variant_config(name: str, **overrides: Any):
+    """The config of variant ``name``, of the family its ``model_type`` names; ``overrides`` are config
+    arguments. The file's other sections (``timm``: the reference's tags, ``architectures``) are not config."""
+    from .families import FAMILIES
+
+    data = read_variant(name)
+    model_type = data.pop("model_type", None)
+    fields = {k: v for k, v in data.items() if k not in ("timm", "architectures")}
+    for family in FAMILIES.values():
+        if family.config_class.model_type == model_type:
+            return family.config_class.from_dict({**fields, **overrides})
+    raise ValueError(f"{variant_config_path(name)} has model_type {model_type!r}, of no family of hf_vit_flax")

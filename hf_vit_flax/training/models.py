@@ -22,35 +22,12 @@ DEFAULT_PRESET = "vit-finetune-tiny"
 DEFAULT_SIZES = {"small": (16, 4), "photo": (64, 8)}
 
 
-def _variant_config(name: str, **overrides):
-    from ..families import FAMILIES
-    from ..variants import read_variant
-
-    data = read_variant(name)
-    data.pop("timm", None)
-    data.pop("architectures", None)
-    model_type = data.pop("model_type", None)
-    for family in FAMILIES.values():
-        if family.config_class.model_type == model_type:
-            return family.config_class.from_dict({**data, **overrides})
-    raise ValueError(f"the variant {name} has model_type {model_type!r}, of no family of hf_vit_flax")
-
-
 def _is_saved_model(path: str) -> bool:
     """A folder written by ``save_pretrained`` (its config.json names one of our model types)."""
-    import json
-
+    from ..checkpoint import folder_model_type
     from ..families import FAMILIES
 
-    config = os.path.join(path, "config.json")
-    if not os.path.isfile(config):
-        return False
-    try:
-        with open(config, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return model_type in {f.config_class.model_type for f in FAMILIES.values()}
+    return folder_model_type(path) in {f.config_class.model_type for f in FAMILIES.values()}
 
 
 def with_labels(model: FlaxVisionPreTrainedModel, id2label: dict[int, str], seed: int = 0, **kwargs):
@@ -93,7 +70,7 @@ def load_model(
     from ..families import family_of_config
     from ..hub import looks_like_path
     from ..sources import Source, is_prefixed
-    from ..variants import variant_names
+    from ..variants import variant_config, variant_names
 
     kwargs: dict[str, Any] = {
         "dtype": jnp.bfloat16 if precision == "bf16" else jnp.float32,
@@ -108,7 +85,7 @@ def load_model(
             overrides = {"image_size": image_size or size, "patch_size": patch}
         elif image_size is not None:
             overrides = {"image_size": image_size}
-        config = _variant_config(name, **overrides, **labels)
+        config = variant_config(name, **overrides, **labels)
         model = family_of_config(config).classifier_class(config, seed=seed, **kwargs)
         return model, name
     is_source = is_prefixed(spec) or (os.path.exists(spec) and not _is_saved_model(spec))

@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import optax
 
+from .config import TrainConfig
+
 # Parameters that are not weights of a linear map: no weight decay (timm's ``no_weight_decay`` and 1-d rule).
 _NO_DECAY_NAMES = re.compile(r"(token|pos_emb|position|rel_pos|gamma)", re.IGNORECASE)
 _BLOCK_NAME = re.compile(r"^(.*?)_(\d+)$")
@@ -107,40 +109,36 @@ def learning_rate_schedule(peak: float, total_steps: int, warmup_steps: int) -> 
 
 def make_optimizer(
     params,
+    recipe: TrainConfig,
     *,
     base_model_prefix: str,
     schedule: optax.Schedule,
-    optimizer: str = "adamw",
-    weight_decay: float = 0.05,
-    momentum: float = 0.9,
-    layer_decay: float | None = None,
-    clip_norm: float | None = 1.0,
-    freeze_backbone: bool = False,
-    grad_accum: int = 1,
     call_order: list[tuple[str, ...]] | None = None,
 ) -> optax.GradientTransformation:
-    """The optimiser over ``params`` (a classifier's ``{prefix: backbone, head names: head}`` tree); ``call_order``
-    orders the blocks for ``layer_decay`` (see :func:`layer_ids`)."""
+    """The optimiser of ``recipe`` (its ``optimizer``, ``weight_decay``, ``momentum``, ``layer_decay``,
+    ``clip_norm``, ``freeze_backbone`` and ``grad_accum``) over ``params`` (a classifier's ``{prefix: backbone,
+    head names: head}`` tree); ``call_order`` orders the blocks for ``layer_decay`` (see :func:`layer_ids`)."""
 
     def base(scale: float) -> optax.GradientTransformation:
         lr = schedule if scale == 1.0 else (lambda step: schedule(step) * scale)
-        if optimizer == "adamw":
-            return optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=weight_decay, mask=decay_mask)
-        if optimizer == "sgd":
+        if recipe.optimizer == "adamw":
+            return optax.adamw(lr, b1=0.9, b2=0.999, weight_decay=recipe.weight_decay, mask=decay_mask)
+        if recipe.optimizer == "sgd":
             return optax.chain(
-                optax.add_decayed_weights(weight_decay, mask=decay_mask), optax.sgd(lr, momentum=momentum)
+                optax.add_decayed_weights(recipe.weight_decay, mask=decay_mask),
+                optax.sgd(lr, momentum=recipe.momentum),
             )
-        raise ValueError(f"unknown optimizer {optimizer!r}: adamw or sgd")
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}: adamw or sgd")
 
-    if layer_decay is not None or freeze_backbone:
-        if layer_decay is not None:
+    if recipe.layer_decay is not None or recipe.freeze_backbone:
+        if recipe.layer_decay is not None:
             ids, depths = layer_ids(params, base_model_prefix, call_order)
             labels = jax.tree.map(lambda i: f"depth_{i}", ids)
-            transforms = {f"depth_{i}": base(layer_decay ** (depths - 1 - i)) for i in range(depths)}
+            transforms = {f"depth_{i}": base(recipe.layer_decay ** (depths - 1 - i)) for i in range(depths)}
         else:
             labels = jax.tree.map(lambda _: "train", params)
             transforms = {"train": base(1.0)}
-        if freeze_backbone:
+        if recipe.freeze_backbone:
             labels = {
                 k: (jax.tree.map(lambda _: "frozen", v) if k == base_model_prefix else v) for k, v in labels.items()
             }
@@ -149,8 +147,8 @@ def make_optimizer(
         tx = optax.multi_transform({k: v for k, v in transforms.items() if k in used}, labels)
     else:
         tx = base(1.0)
-    if clip_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(clip_norm), tx)
-    if grad_accum > 1:
-        tx = optax.MultiSteps(tx, every_k_schedule=grad_accum)
+    if recipe.clip_norm is not None:
+        tx = optax.chain(optax.clip_by_global_norm(recipe.clip_norm), tx)
+    if recipe.grad_accum > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=recipe.grad_accum)
     return tx

@@ -224,15 +224,9 @@ def train(config: TrainConfig) -> TrainResult:
     schedule = learning_rate_schedule(config.peak_lr, total_steps, warmup_steps)
     tx = make_optimizer(
         model.params,
+        config,
         base_model_prefix=prefix,
         schedule=schedule,
-        optimizer=config.optimizer,
-        weight_decay=config.weight_decay,
-        momentum=config.momentum,
-        layer_decay=config.layer_decay,
-        clip_norm=config.clip_norm,
-        freeze_backbone=config.freeze_backbone,
-        grad_accum=config.grad_accum,
         call_order=module_call_order(model) if config.layer_decay is not None else None,
     )
 

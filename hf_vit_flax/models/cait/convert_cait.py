@@ -32,7 +32,7 @@ import numpy as np
 
 from ... import weight_tables as wt
 from ...configuration_utils import to_pair
-from ...conversion_utils import image_size_from_patches, timm_normalization, to_numpy
+from ...conversion_utils import image_size_from_patches, same_named, timm_normalization, to_numpy
 from ...layers import block_table, conv_patch_embedding_table, patch_embedding_table
 from .configuration_cait import STYLES, CaiTConfig, format_options
 
@@ -334,21 +334,8 @@ def vit_pytorch_kwargs(config: CaiTConfig) -> dict[str, Any]:
         raise ValueError("vit-pytorch's CaiT has no cls_mlp_dim, drop_path_rate or head_dropout")
     if config.attn_dropout not in (None, config.dropout) or config.layer_norm_eps != 1e-5:
         raise ValueError("vit-pytorch's CaiT has one dropout rate and LayerNorm eps 1e-5")
-    size = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return dict(
-        image_size=size(config.image_size),
-        patch_size=size(config.patch_size),
-        num_classes=config.num_labels,
-        dim=config.dim,
-        depth=config.depth,
-        cls_depth=config.cls_depth,
-        heads=config.heads,
-        mlp_dim=config.mlp_dim,
-        dim_head=config.dim_head,
-        dropout=config.dropout,
-        emb_dropout=config.emb_dropout,
-        layer_dropout=config.layer_dropout,
-    )
+    names = ("image_size", "patch_size", "dim", "depth", "cls_depth", "heads", "mlp_dim", "dim_head")
+    return dict(num_classes=config.num_labels, **same_named(config, *names, "dropout", "emb_dropout", "layer_dropout"))
 
 
 def timm_architecture(config: CaiTConfig) -> tuple[str, dict[str, Any]]:

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from ... import weight_tables as wt
-from ...conversion_utils import read_state_dict, to_numpy
+from ...conversion_utils import read_state_dict, same_named, to_numpy
 from ...layers import TIMM_BLOCK, block_table
-from .configuration_crossformer import PRESETS, CrossFormerConfig, expand_options
+from .configuration_crossformer import PER_STAGE_FIELDS, PRESETS, CrossFormerConfig, expand_options
 from .geometry import NUM_STAGES
 
 # Persistent buffers of every v1 block: the offsets table and the relative index, both recomputed.
@@ -115,35 +115,32 @@ def config_from_vit_pytorch(model: Any, image_size=None) -> CrossFormerConfig:
     original takes (sides its windows tile, e.g. multiples of 224 with the default windows). The
     config's ``image_size`` (224 unless given) is the size its image processor resizes to.
     """
-    dims, depths, local, global_, kernels, strides = [], [], [], [], [], []
-    attn_dropout = ff_dropout = 0.0
-    for cross_embed, transformer in model.layers:
-        convs = list(cross_embed.convs)
-        dims.append(sum(c.out_channels for c in convs))
-        kernels.append([c.kernel_size[0] for c in convs])
-        strides.append(convs[0].stride[0])
-        layers = list(transformer.layers)
-        depths.append(len(layers))
-        short_attn, short_ff, long_attn, _ = layers[0]
-        local.append(short_attn.window_size)
-        global_.append(long_attn.window_size)
-        attn_dropout, ff_dropout = float(short_attn.dropout.p), float(short_ff[3].p)
-        dim_head = round(short_attn.scale**-2)
-    head = model.to_logits[1]
+    stages = [_vit_pytorch_stage(cross_embed, transformer) for cross_embed, transformer in model.layers]
+    short_attn, short_ff, _, _ = model.layers[-1][1].layers[0]  # options every stage shares: read off the last
     return CrossFormerConfig(
-        dim=dims,
-        depth=depths,
-        global_window_size=global_,
-        local_window_size=local,
-        cross_embed_kernel_sizes=kernels,
-        cross_embed_strides=strides,
-        num_classes=head.out_features,
-        attn_dropout=attn_dropout,
-        ff_dropout=ff_dropout,
+        **{name: [stage[name] for stage in stages] for name in stages[0]},
+        num_classes=model.to_logits[1].out_features,
+        attn_dropout=float(short_attn.dropout.p),
+        ff_dropout=float(short_ff[3].p),
         channels=model.layers[0][0].convs[0].in_channels,
-        dim_head=dim_head,
+        dim_head=round(short_attn.scale**-2),
         **({"image_size": image_size} if image_size is not None else {}),
     )
+
+
+def _vit_pytorch_stage(cross_embed: Any, transformer: Any) -> dict[str, Any]:
+    """A stage of vit-pytorch's CrossFormer (its cross embedding and its transformer) as the config's
+    per-stage fields."""
+    convs, layers = list(cross_embed.convs), list(transformer.layers)
+    short_attn, _, long_attn, _ = layers[0]
+    return {
+        "dim": sum(c.out_channels for c in convs),
+        "depth": len(layers),
+        "local_window_size": short_attn.window_size,
+        "global_window_size": long_attn.window_size,
+        "cross_embed_kernel_sizes": [c.kernel_size[0] for c in convs],
+        "cross_embed_strides": convs[0].stride[0],
+    }
 
 
 def check_vit_pytorch_options(config: CrossFormerConfig) -> dict[str, Any]:
@@ -170,18 +167,11 @@ def vit_pytorch_kwargs(config: CrossFormerConfig) -> dict[str, Any]:
     options = check_vit_pytorch_options(config)
     if config.drop_path_rate:
         raise ValueError("vit-pytorch's CrossFormer has no drop_path_rate")
-    nested = lambda v: [nested(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
     return dict(
-        dim=nested(options["dim"]),
         depth=[d // 2 for d in options["depth"]],
-        global_window_size=nested(options["global_window_size"]),
-        local_window_size=nested(options["local_window_size"]),
-        cross_embed_kernel_sizes=nested(options["cross_embed_kernel_sizes"]),
-        cross_embed_strides=nested(options["cross_embed_strides"]),
         num_classes=config.num_labels,
-        attn_dropout=config.attn_dropout,
-        ff_dropout=config.ff_dropout,
-        channels=config.channels,
+        **same_named(options, *PER_STAGE_FIELDS, "cross_embed_kernel_sizes"),
+        **same_named(config, "attn_dropout", "ff_dropout", "channels"),
     )
 
 

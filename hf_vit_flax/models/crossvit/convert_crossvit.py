@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from ...configuration_utils import to_pair
-from ...conversion_utils import image_size_from_patches, timm_normalization
+from ...conversion_utils import image_size_from_patches, same_named, timm_normalization
 from ...layers import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -472,17 +472,12 @@ def vit_pytorch_kwargs(config: CrossViTConfig) -> dict[str, Any]:
     if missing:
         raise NotImplementedError("this CrossViT cannot be written as a vit-pytorch CrossViT: " + "; ".join(missing))
     names = ("dim", "patch_size", "enc_depth", "enc_heads", "enc_mlp_dim", "enc_dim_head")
+    branch = [f"{b}_{name}" for b in BRANCHES for name in names]
+    cross = ("cross_attn_depth", "cross_attn_heads", "cross_attn_dim_head")
     return dict(
         image_size=side,
         num_classes=config.num_labels,
-        **{f"{b}_{name}": getattr(config, f"{b}_{name}") for b in BRANCHES for name in names},
-        cross_attn_depth=config.cross_attn_depth,
-        cross_attn_heads=config.cross_attn_heads,
-        cross_attn_dim_head=config.cross_attn_dim_head,
-        depth=config.depth,
-        dropout=config.dropout,
-        emb_dropout=config.emb_dropout,
-        channels=config.channels,
+        **same_named(config, *branch, *cross, "depth", "dropout", "emb_dropout", "channels"),
     )
 
 

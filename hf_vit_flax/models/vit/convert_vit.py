@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ... import weight_tables as wt
-from ...conversion_utils import image_size_from_patches, resample_abs_pos_embed
+from ...conversion_utils import image_size_from_patches, resample_abs_pos_embed, same_named
 from ...layers import (
     TIMM_BLOCK,
     VIT_PYTORCH_BLOCK,
@@ -125,21 +125,8 @@ def vit_pytorch_kwargs(config: ViTConfig) -> dict[str, Any]:
         changed.append(f"pool={config.pool!r}")
     if changed:
         raise NotImplementedError("vit-pytorch's ViT does not express " + ", ".join(changed))
-    size = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return dict(
-        image_size=size(config.image_size),
-        patch_size=size(config.patch_size),
-        num_classes=config.num_labels,
-        dim=config.dim,
-        depth=config.depth,
-        heads=config.heads,
-        mlp_dim=config.mlp_dim,
-        pool=config.pool,
-        channels=config.channels,
-        dim_head=config.dim_head,
-        dropout=config.dropout,
-        emb_dropout=config.emb_dropout,
-    )
+    names = ("image_size", "patch_size", "dim", "depth", "heads", "mlp_dim", "pool", "channels", "dim_head")
+    return dict(num_classes=config.num_labels, **same_named(config, *names, "dropout", "emb_dropout"))
 
 
 # -- timm ---------------------------------------------------------------------------------------------

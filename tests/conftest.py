@@ -51,3 +51,28 @@ def _forget_hub_sessions():
     for name in ("reset_sessions", "close_session"):
         if hasattr(_http, name):
             getattr(_http, name)()
+
+
+@pytest.fixture
+def hub_datasets(hub, monkeypatch, tmp_path):
+    """``hub``, and the loopback Hub as ``datasets``' endpoint too: datasets keeps its own copies of the
+    endpoint, of the offline switch and of its cache folders (read from the environment at import);
+    online for this test only, caches under ``tmp_path``."""
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    config, endpoint, cache = datasets.config, constants.ENDPOINT, tmp_path / "datasets"
+    monkeypatch.setattr(config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(config, "HF_DATASETS_OFFLINE", False)
+    monkeypatch.setattr(config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    monkeypatch.setattr(config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(config, "HF_MODULES_CACHE", cache / "modules")
+    downloads = cache / config.DOWNLOADED_DATASETS_DIR
+    monkeypatch.setattr(config, "DOWNLOADED_DATASETS_PATH", downloads)
+    monkeypatch.setattr(config, "EXTRACTED_DATASETS_PATH", downloads / config.EXTRACTED_DATASETS_DIR)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    return hub

@@ -249,7 +249,15 @@ def hf_dataset(spec: str, *, val_fraction: float = 0.1, seed: int = 0) -> ImageD
 
         if looks_like_path(spec):
             raise FileNotFoundError(f"--data {spec} does not exist (an image folder or a datasets folder)")
-        loaded = datasets.load_dataset(spec)
+        try:
+            loaded = datasets.load_dataset(spec)
+        except datasets.exceptions.DatasetNotFoundError as err:
+            # datasets says only "Dataset 'x' doesn't exist on the Hub": a mistyped folder name lands here too.
+            raise FileNotFoundError(
+                f"--data {spec}: no such folder, and no dataset {spec} on the Hub (or a private or gated one that "
+                f"needs a token: HF_TOKEN). --data takes digits, an image folder, a folder written by datasets' "
+                f"save_to_disk, or a Hub dataset name (owner/name)"
+            ) from err
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     if "train" not in loaded:

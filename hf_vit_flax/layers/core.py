@@ -43,7 +43,8 @@ class CoreModule(nn.Module):
     # Whether the module takes only its ``image_size`` (position embeddings of a fixed grid), or every size
     # its own ``forward_features`` checks (CrossFormer: any size its windows tile).
     fixed_image_size: ClassVar[bool] = True
-    # The classification head, a module whose fields are a subset of the core module's (same names).
+    # The classification head, a module whose fields are a subset of the core module's (same names), and
+    # whose ``param_names`` are its top-level parameter names.
     head_class: ClassVar[type[nn.Module]]
     # The family's config class: its ``field_checks`` validate this module's fields of the same name.
     config_class: ClassVar[type]
@@ -102,6 +103,8 @@ class CoreModule(nn.Module):
 
 class LinearHead(nn.Module):
     """A single ``Linear`` head named ``head`` (timm's and vit-pytorch's for most families)."""
+
+    param_names: ClassVar[tuple[str, ...]] = ("head",)
 
     num_classes: int
     dtype: Dtype = jnp.float32

@@ -52,7 +52,7 @@ from ...layers import (
     pair,
     remat_if,
 )
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_cait import STYLES, CaiTConfig, apply_style, check_cait_options
 
 Dtype = Any
@@ -517,20 +517,12 @@ class CaiT(CoreModule):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCaiTModule(FlaxBaseModelModule):
-    core_module_class = CaiT
-    base_model_prefix = "cait"
-
-
-class FlaxCaiTForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CaiT
-    base_model_prefix = "cait"
-
-
 class FlaxCaiTPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CaiTConfig
+    core_module_class = CaiT
     base_model_prefix = "cait"
-    head_param_names = ("head",)
+
+
+FlaxCaiTModule, FlaxCaiTForImageClassificationModule = FlaxCaiTPreTrainedModel.shell_modules()
 
 
 class FlaxCaiTModel(FlaxCaiTPreTrainedModel):

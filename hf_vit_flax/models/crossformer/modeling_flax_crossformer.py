@@ -63,7 +63,7 @@ from ...layers import (
     norm_factory,
     remat_if,
 )
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_crossformer import CrossFormerConfig, expand_options
 from .geometry import Geometry, cross_embed_dims, group_of
 
@@ -462,20 +462,12 @@ class CrossFormer(CoreModule):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCrossFormerModule(FlaxBaseModelModule):
-    core_module_class = CrossFormer
-    base_model_prefix = "crossformer"
-
-
-class FlaxCrossFormerForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CrossFormer
-    base_model_prefix = "crossformer"
-
-
 class FlaxCrossFormerPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CrossFormerConfig
+    core_module_class = CrossFormer
     base_model_prefix = "crossformer"
-    head_param_names = ("head",)
+
+
+FlaxCrossFormerModule, FlaxCrossFormerForImageClassificationModule = FlaxCrossFormerPreTrainedModel.shell_modules()
 
 
 class FlaxCrossFormerModel(FlaxCrossFormerPreTrainedModel):

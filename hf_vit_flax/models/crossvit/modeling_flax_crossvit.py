@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import flax.linen as nn
@@ -49,7 +49,7 @@ from ...layers import (
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_crossvit import CrossViTConfig, check_crossvit_options, expand_style
 
 Dtype = Any
@@ -247,6 +247,8 @@ class CrossViTHead(nn.Module):
     Splits the pooled features into the two branches, classifies each, and combines the logits
     (``head_combine``: vit-pytorch sums them, timm averages them).
     """
+
+    param_names: ClassVar[tuple[str, ...]] = ("sm_head", "lg_head")
 
     num_classes: int
     sm_dim: int
@@ -715,22 +717,14 @@ class FlaxCrossViTImageClassifierOutput(FlaxSequenceClassifierOutput):
     lg_attentions: tuple | None = None
 
 
-class FlaxCrossViTModule(FlaxBaseModelModule):
-    core_module_class = CrossViT
-    base_model_prefix = "crossvit"
-    output_class = FlaxCrossViTModelOutput
-
-
-class FlaxCrossViTForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CrossViT
-    base_model_prefix = "crossvit"
-    output_class = FlaxCrossViTImageClassifierOutput
-
-
 class FlaxCrossViTPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CrossViTConfig
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
-    head_param_names = ("sm_head", "lg_head")
+
+
+FlaxCrossViTModule, FlaxCrossViTForImageClassificationModule = FlaxCrossViTPreTrainedModel.shell_modules(
+    FlaxCrossViTModelOutput, FlaxCrossViTImageClassifierOutput
+)
 
 
 class FlaxCrossViTModel(FlaxCrossViTPreTrainedModel):

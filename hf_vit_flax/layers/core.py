@@ -37,6 +37,11 @@ class CoreModule(nn.Module):
     and ``forward_head``.
     """
 
+    # How to compute, the same for every family (``runtime_fields``): keyword-only, after a family's own fields.
+    remat: bool = dataclasses.field(default=False, kw_only=True)
+    dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+    param_dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
     headless_output: ClassVar[str] = "last_hidden_state"
     # Whether ``forward_features`` takes ``interpolate_pos_encoding=True`` (images of another size).
     supports_interpolate_pos_encoding: ClassVar[bool] = False

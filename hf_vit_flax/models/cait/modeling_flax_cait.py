@@ -404,9 +404,6 @@ class CaiT(CoreModule):
     cls_norm_patches: bool | None = None
     cls_dropout: bool | None = None
     weight_init: str | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
     config_class = CaiTConfig

@@ -351,9 +351,6 @@ class CrossFormer(CoreModule):
     whole_map_group: bool | None = None
     proj_dropout: float | None = None
     embed_dropout: float | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
     config_class = CrossFormerConfig

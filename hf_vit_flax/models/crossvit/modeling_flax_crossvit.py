@@ -517,9 +517,6 @@ class CrossViT(CoreModule):
     final_norm: bool | None = None
     head_norm: bool | None = None
     head_combine: str | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = CrossViTHead
     config_class = CrossViTConfig

@@ -104,9 +104,6 @@ class ViT(CoreModule):
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
     pooler: bool = False
-    remat: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     head_class = ViTHead
     config_class = ViTConfig

@@ -10,7 +10,8 @@ Everything here is written once against that vocabulary:
   backbone tree; a ``Flax<Family>ForImageClassification``'s are ``{base_model_prefix: backbone,
   <head names>: head}``, the head (the family's own head module, same parameter names as in the core
   module) outside the prefix. ``params[base_model_prefix]`` moves between the two, and a checkpoint of
-  either loads into the other.
+  either loads into the other. A family's ``Flax<Family>PreTrainedModel`` names its core module and
+  ``base_model_prefix``; its ``shell_modules()`` are the family's two shells.
 * ``FlaxVisionPreTrainedModel``: NCHW ``pixel_values`` in (transposed once, here), a jitted apply,
   safetensors by default, a model card and image processor saved with the weights, strict loading,
   and work-arounds for the transformers 4.x Flax bugs listed in the README.

@@ -61,7 +61,7 @@ TRANSFORMERS_FUNCTIONS = (
 )
 
 
-def family(
+def family_from_modules(
     name: str,
     class_name: str,
     *,
@@ -99,16 +99,16 @@ def family(
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        family(
+        family_from_modules(
             "vit",
             "ViT",
             vit_pytorch_class="vit_pytorch.vit.ViT",
             timm_prefixes=("vit_", "deit_", "deit3_"),
             transformers="convert_transformers",
         ),
-        family("crossformer", "CrossFormer", vit_pytorch_class="vit_pytorch.crossformer.CrossFormer"),
-        family("cait", "CaiT", vit_pytorch_class="vit_pytorch.cait.CaiT", timm_prefixes=("cait_",)),
-        family(
+        family_from_modules("crossformer", "CrossFormer", vit_pytorch_class="vit_pytorch.crossformer.CrossFormer"),
+        family_from_modules("cait", "CaiT", vit_pytorch_class="vit_pytorch.cait.CaiT", timm_prefixes=("cait_",)),
+        family_from_modules(
             "crossvit", "CrossViT", vit_pytorch_class="vit_pytorch.cross_vit.CrossViT", timm_prefixes=("crossvit_",)
         ),
     )

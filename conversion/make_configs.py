@@ -80,6 +80,8 @@ def variant_dict(config) -> dict:
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if name in ("self", "kwargs") or param.kind is param.VAR_KEYWORD or name in out:
                 continue
+            if name == "style":  # a preset: the options it expands into are written instead
+                continue
             value = config.num_labels if name == "num_classes" else getattr(config, name, param.default)
             if name in ("image_mean", "image_std") and value is None:
                 continue

@@ -48,6 +48,82 @@ TRANSFORMER_ATTRIBUTE_MAP = {
 SIZE_FIELDS = frozenset({"image_size", "patch_size"})
 
 
+# -- field checks: each takes the field's name and value and raises a ValueError naming both ---------
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _shown(value) -> str:
+    return f"{value!r} (a {type(value).__name__})" if not _is_real(value) else repr(value)
+
+
+def positive_int(name: str, value) -> None:
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {_shown(value)}")
+
+
+def non_negative_int(name: str, value) -> None:
+    if not _is_int(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 and an integer, got {_shown(value)}")
+
+
+def rate(name: str, value) -> None:
+    if not _is_real(value) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {_shown(value)}")
+
+
+def is_positive_number(value) -> bool:
+    """A finite real number > 0 (not a bool)."""
+    return _is_real(value) and math.isfinite(value) and value > 0
+
+
+def positive_float(name: str, value) -> None:
+    if not is_positive_number(value):
+        raise ValueError(f"{name} must be a positive finite number, got {_shown(value)}")
+
+
+def boolean(name: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
+
+
+def positive_size(name: str, value) -> None:
+    """A size: a positive int (square), or a (height, width) pair of them."""
+    pair = isinstance(value, (list, tuple))
+    sides = list(value) if pair else [value]
+    if (pair and len(sides) != 2) or not all(_is_int(side) and side > 0 for side in sides):
+        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them, got {_shown(value)}")
+
+
+def optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
+    """``check``, with ``None`` allowed."""
+
+    def check_optional(name: str, value) -> None:
+        if value is not None:
+            check(name, value)
+
+    return check_optional
+
+
+def one_of(*choices: str) -> Callable[[str, Any], None]:
+    def check_choice(name: str, value) -> None:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+    return check_choice
+
+
+def check_positive(**values: int) -> None:
+    for name, value in values.items():
+        positive_int(name, value)
+
+
 class VisionTransformerConfig(PretrainedConfig):
     """Base class of the family configs: label handling, validation, the default image processor."""
 
@@ -55,8 +131,13 @@ class VisionTransformerConfig(PretrainedConfig):
     attribute_map = {"num_channels": "channels"}
     # Which family-specific class names to suggest when a checkpoint of another family is loaded.
     family_name = "vision transformer"
-    # Each family declares the type and range of its fields once: field name -> check(name, value).
-    field_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {}
+    # Each family declares the type and range of its fields once: field name -> check(name, value). Here:
+    # the fields of every family that this class reads itself (image size, channels) and the LayerNorm eps.
+    field_checks: ClassVar[dict[str, Callable[[str, Any], None]]] = {
+        "image_size": positive_size,
+        "channels": positive_int,
+        "layer_norm_eps": positive_float,
+    }
 
     def __init__(self, num_classes: int | None = None, image_mean=None, image_std=None, **kwargs):
         check_label_counts(num_classes=num_classes, num_labels=kwargs.get("num_labels"))
@@ -193,87 +274,6 @@ def as_json_size(value):
         return int(v) if _is_int(v) else v
 
     return [side(v) for v in value] if isinstance(value, (list, tuple)) else side(value)
-
-
-# -- field checks: each takes the field's name and value and raises a ValueError naming both ---------
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
-
-
-def _shown(value) -> str:
-    return f"{value!r} (a {type(value).__name__})" if not _is_real(value) else repr(value)
-
-
-def positive_int(name: str, value) -> None:
-    if not _is_int(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {_shown(value)}")
-
-
-def non_negative_int(name: str, value) -> None:
-    if not _is_int(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0 and an integer, got {_shown(value)}")
-
-
-def rate(name: str, value) -> None:
-    if not _is_real(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1), got {_shown(value)}")
-
-
-def is_positive_number(value) -> bool:
-    """A finite real number > 0 (not a bool)."""
-    return _is_real(value) and math.isfinite(value) and value > 0
-
-
-def positive_float(name: str, value) -> None:
-    if not is_positive_number(value):
-        raise ValueError(f"{name} must be a positive finite number, got {_shown(value)}")
-
-
-def boolean(name: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {_shown(value)}")
-
-
-def positive_size(name: str, value) -> None:
-    """A size: a positive int (square), or a (height, width) pair of them."""
-    pair = isinstance(value, (list, tuple))
-    sides = list(value) if pair else [value]
-    if (pair and len(sides) != 2) or not all(_is_int(side) and side > 0 for side in sides):
-        raise ValueError(f"{name} must be a positive integer or a (height, width) pair of them, got {_shown(value)}")
-
-
-def optional(check: Callable[[str, Any], None]) -> Callable[[str, Any], None]:
-    """``check``, with ``None`` allowed."""
-
-    def check_optional(name: str, value) -> None:
-        if value is not None:
-            check(name, value)
-
-    return check_optional
-
-
-def one_of(*choices: str) -> Callable[[str, Any], None]:
-    def check_choice(name: str, value) -> None:
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-
-    return check_choice
-
-
-def check_positive(**values: int) -> None:
-    for name, value in values.items():
-        positive_int(name, value)
-
-
-def check_rate(**values: float) -> None:
-    for name, value in values.items():
-        rate(name, value)
 
 
 def check_label_counts(**values) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .configuration_utils import VisionTransformerConfig
 from .modeling_utils import FlaxVisionPreTrainedModel
-from .models.cait import configuration_cait, convert_cait, modeling_flax_cait
-from .models.crossformer import configuration_crossformer, convert_crossformer, modeling_flax_crossformer
-from .models.crossvit import configuration_crossvit, convert_crossvit, modeling_flax_crossvit
-from .models.vit import configuration_vit, convert_transformers, convert_vit, modeling_flax_vit
 
 
 @dataclass(frozen=True)
@@ -53,71 +50,68 @@ class Family:
         return self.model_class.module_class.core_module_class
 
 
+# The converter functions a family's modules define, by the name of the ``Family`` field each fills.
+VIT_PYTORCH_FUNCTIONS = ("config_from_vit_pytorch", "convert_vit_pytorch", "export_vit_pytorch", "vit_pytorch_kwargs")
+TIMM_FUNCTIONS = ("config_from_timm", "convert_timm", "export_timm", "timm_architecture")
+TRANSFORMERS_FUNCTIONS = (
+    "config_from_transformers",
+    "convert_transformers",
+    "config_to_transformers",
+    "export_transformers",
+)
+
+
+def family_from_modules(
+    name: str,
+    class_name: str,
+    *,
+    vit_pytorch_class: str,
+    timm_prefixes: tuple[str, ...] = (),
+    transformers: str | None = None,
+) -> Family:
+    """The row of the family in ``models/<name>/``, read off its modules by the names every family uses.
+
+    ``modeling_flax_<name>`` holds ``Flax<class_name>Model`` and ``Flax<class_name>ForImageClassification``;
+    ``convert_<name>`` the vit-pytorch functions (``VIT_PYTORCH_FUNCTIONS``) and, for a family with
+    ``timm_prefixes``, the timm ones (``TIMM_FUNCTIONS``); ``transformers`` names the family's module of
+    transformers-format functions (``TRANSFORMERS_FUNCTIONS`` and its ``MODEL_TYPES``), if it has one.
+    """
+    package = f"{__package__}.models.{name}"
+    modeling = importlib.import_module(f"{package}.modeling_flax_{name}")
+    converter = importlib.import_module(f"{package}.convert_{name}")
+    functions = {f: getattr(converter, f) for f in VIT_PYTORCH_FUNCTIONS + (TIMM_FUNCTIONS if timm_prefixes else ())}
+    if transformers is not None:
+        module = importlib.import_module(f"{package}.{transformers}")
+        functions.update({f: getattr(module, f) for f in TRANSFORMERS_FUNCTIONS})
+        functions["transformers_model_types"] = module.MODEL_TYPES
+    model_class = getattr(modeling, f"Flax{class_name}Model")
+    return Family(
+        name=name,
+        config_class=model_class.config_class,
+        model_class=model_class,
+        classifier_class=getattr(modeling, f"Flax{class_name}ForImageClassification"),
+        vit_pytorch_class=vit_pytorch_class,
+        timm_prefixes=timm_prefixes,
+        **functions,
+    )
+
+
 FAMILIES: dict[str, Family] = {
-    "vit": Family(
-        name="vit",
-        config_class=configuration_vit.ViTConfig,
-        model_class=modeling_flax_vit.FlaxViTModel,
-        classifier_class=modeling_flax_vit.FlaxViTForImageClassification,
-        vit_pytorch_class="vit_pytorch.vit.ViT",
-        config_from_vit_pytorch=convert_vit.config_from_vit_pytorch,
-        convert_vit_pytorch=convert_vit.convert_vit_pytorch,
-        timm_prefixes=("vit_", "deit_", "deit3_"),
-        config_from_timm=convert_vit.config_from_timm,
-        convert_timm=convert_vit.convert_timm,
-        export_vit_pytorch=convert_vit.export_vit_pytorch,
-        export_timm=convert_vit.export_timm,
-        timm_architecture=convert_vit.timm_architecture,
-        vit_pytorch_kwargs=convert_vit.vit_pytorch_kwargs,
-        transformers_model_types=convert_transformers.MODEL_TYPES,
-        config_from_transformers=convert_transformers.config_from_transformers,
-        convert_transformers=convert_transformers.convert_transformers,
-        config_to_transformers=convert_transformers.config_to_transformers,
-        export_transformers=convert_transformers.export_transformers,
-    ),
-    "crossformer": Family(
-        name="crossformer",
-        config_class=configuration_crossformer.CrossFormerConfig,
-        model_class=modeling_flax_crossformer.FlaxCrossFormerModel,
-        classifier_class=modeling_flax_crossformer.FlaxCrossFormerForImageClassification,
-        vit_pytorch_class="vit_pytorch.crossformer.CrossFormer",
-        config_from_vit_pytorch=convert_crossformer.config_from_vit_pytorch,
-        convert_vit_pytorch=convert_crossformer.convert_vit_pytorch,
-        export_vit_pytorch=convert_crossformer.export_vit_pytorch,
-        vit_pytorch_kwargs=convert_crossformer.vit_pytorch_kwargs,
-    ),
-    "cait": Family(
-        name="cait",
-        config_class=configuration_cait.CaiTConfig,
-        model_class=modeling_flax_cait.FlaxCaiTModel,
-        classifier_class=modeling_flax_cait.FlaxCaiTForImageClassification,
-        vit_pytorch_class="vit_pytorch.cait.CaiT",
-        config_from_vit_pytorch=convert_cait.config_from_vit_pytorch,
-        convert_vit_pytorch=convert_cait.convert_vit_pytorch,
-        timm_prefixes=("cait_",),
-        config_from_timm=convert_cait.config_from_timm,
-        convert_timm=convert_cait.convert_timm,
-        export_vit_pytorch=convert_cait.export_vit_pytorch,
-        export_timm=convert_cait.export_timm,
-        timm_architecture=convert_cait.timm_architecture,
-        vit_pytorch_kwargs=convert_cait.vit_pytorch_kwargs,
-    ),
-    "crossvit": Family(
-        name="crossvit",
-        config_class=configuration_crossvit.CrossViTConfig,
-        model_class=modeling_flax_crossvit.FlaxCrossViTModel,
-        classifier_class=modeling_flax_crossvit.FlaxCrossViTForImageClassification,
-        vit_pytorch_class="vit_pytorch.cross_vit.CrossViT",
-        config_from_vit_pytorch=convert_crossvit.config_from_vit_pytorch,
-        convert_vit_pytorch=convert_crossvit.convert_vit_pytorch,
-        timm_prefixes=("crossvit_",),
-        config_from_timm=convert_crossvit.config_from_timm,
-        convert_timm=convert_crossvit.convert_timm,
-        export_vit_pytorch=convert_crossvit.export_vit_pytorch,
-        export_timm=convert_crossvit.export_timm,
-        timm_architecture=convert_crossvit.timm_architecture,
-        vit_pytorch_kwargs=convert_crossvit.vit_pytorch_kwargs,
-    ),
+    f.name: f
+    for f in (
+        family_from_modules(
+            "vit",
+            "ViT",
+            vit_pytorch_class="vit_pytorch.vit.ViT",
+            timm_prefixes=("vit_", "deit_", "deit3_"),
+            transformers="convert_transformers",
+        ),
+        family_from_modules("crossformer", "CrossFormer", vit_pytorch_class="vit_pytorch.crossformer.CrossFormer"),
+        family_from_modules("cait", "CaiT", vit_pytorch_class="vit_pytorch.cait.CaiT", timm_prefixes=("cait_",)),
+        family_from_modules(
+            "crossvit", "CrossViT", vit_pytorch_class="vit_pytorch.cross_vit.CrossViT", timm_prefixes=("crossvit_",)
+        ),
+    )
 }
 
 

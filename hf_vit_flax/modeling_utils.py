@@ -10,7 +10,8 @@ Everything here is written once against that vocabulary:
   backbone tree; a ``Flax<Family>ForImageClassification``'s are ``{base_model_prefix: backbone,
   <head names>: head}``, the head (the family's own head module, same parameter names as in the core
   module) outside the prefix. ``params[base_model_prefix]`` moves between the two, and a checkpoint of
-  either loads into the other.
+  either loads into the other. A family's ``Flax<Family>PreTrainedModel`` names its core module and
+  ``base_model_prefix``; its ``shell_modules()`` are the family's two shells.
 * ``FlaxVisionPreTrainedModel``: NCHW ``pixel_values`` in (transposed once, here), a jitted apply,
   safetensors by default, a model card and image processor saved with the weights, strict loading,
   and work-arounds for the transformers 4.x Flax bugs listed in the README.
@@ -145,9 +146,42 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
     config_class = VisionTransformerConfig
     main_input_name = "pixel_values"
     module_class: type[_ShellModule] = None
+    # What a family's ``Flax<Family>PreTrainedModel`` declares: its core linen module (``ViT`` ...) and
+    # ``base_model_prefix``. The config class and the head's parameter names follow from the core module.
+    core_module_class: ClassVar[type[nn.Module]] = None
     # Top-level parameter names of the classification head (next to ``base_model_prefix`` in a classifier's
-    # parameters, and at the top level of the core module's).
+    # parameters, and at the top level of the core module's): the core module's ``head_class.param_names``.
     head_param_names: ClassVar[tuple[str, ...]] = ("head",)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "core_module_class" in vars(cls):
+            cls.config_class = cls.core_module_class.config_class
+            cls.head_param_names = cls.core_module_class.head_class.param_names
+
+    @classmethod
+    def shell_modules(
+        cls,
+        model_output: type = FlaxBaseModelOutputWithPooling,
+        classifier_output: type = FlaxSequenceClassifierOutput,
+    ) -> tuple[type[FlaxBaseModelModule], type[FlaxClassifierModule]]:
+        """The family's linen shells, ``Flax<Family>Module`` and ``Flax<Family>ForImageClassificationModule``
+        (named after the core module, in the family's Python module, as transformers names them), around
+        ``core_module_class`` under ``base_model_prefix``; ``*_output``: the transformers output classes
+        they return (a family with further outputs passes its subclasses)."""
+        family = cls.core_module_class.__name__
+        shared = {
+            "__module__": cls.__module__,
+            "core_module_class": cls.core_module_class,
+            "base_model_prefix": cls.base_model_prefix,
+        }
+        shells = (
+            ("Module", FlaxBaseModelModule, model_output),
+            ("ForImageClassificationModule", FlaxClassifierModule, classifier_output),
+        )
+        return tuple(
+            type(f"Flax{family}{name}", (base,), {**shared, "output_class": out}) for name, base, out in shells
+        )
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ directions (``hf_vit_flax.weight_tables``).
 - ``core``: the core-module base class, its outputs, the linear head, input checks
 - ``norm``: PyTorch-exact LayerNorm and the norm factory
 - ``attention``: scaled dot-product attention and multi-head self-attention
-- ``mlp``: feed-forward layers and activations
+- ``mlp``: feed-forward layers, activations and the LayerNorm -> Linear projection
 - ``transformer``: pre-norm blocks, LayerScale, stochastic depth, stacks
 - ``patch_embed``: vit-pytorch's and timm's patch embeddings
 - ``pooling``: attention pooling by a latent query
@@ -27,7 +27,7 @@ from .core import (
     check_image,
     pair,
 )
-from .mlp import ACTIVATIONS, FeedForward, gelu, quick_gelu
+from .mlp import ACTIVATIONS, FeedForward, NormLinear, gelu, quick_gelu
 from .norm import LayerNorm, NormLayer, layer_norm, norm_factory
 from .patch_embed import (
     ConvPatchEmbedding,
@@ -67,6 +67,7 @@ __all__ = [
     "LayerScale",
     "LinearHead",
     "NormLayer",
+    "NormLinear",
     "PatchEmbedding",
     "Transformer",
     "TransformerBlock",

@@ -37,13 +37,19 @@ class CoreModule(nn.Module):
     and ``forward_head``.
     """
 
+    # How to compute, the same for every family (``runtime_fields``): keyword-only, after a family's own fields.
+    remat: bool = dataclasses.field(default=False, kw_only=True)
+    dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+    param_dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
     headless_output: ClassVar[str] = "last_hidden_state"
     # Whether ``forward_features`` takes ``interpolate_pos_encoding=True`` (images of another size).
     supports_interpolate_pos_encoding: ClassVar[bool] = False
     # Whether the module takes only its ``image_size`` (position embeddings of a fixed grid), or every size
     # its own ``forward_features`` checks (CrossFormer: any size its windows tile).
     fixed_image_size: ClassVar[bool] = True
-    # The classification head, a module whose fields are a subset of the core module's (same names).
+    # The classification head, a module whose fields are a subset of the core module's (same names), and
+    # whose ``param_names`` are its top-level parameter names.
     head_class: ClassVar[type[nn.Module]]
     # The family's config class: its ``field_checks`` validate this module's fields of the same name.
     config_class: ClassVar[type]
@@ -102,6 +108,8 @@ class CoreModule(nn.Module):
 
 class LinearHead(nn.Module):
     """A single ``Linear`` head named ``head`` (timm's and vit-pytorch's for most families)."""
+
+    param_names: ClassVar[tuple[str, ...]] = ("head",)
 
     num_classes: int
     dtype: Dtype = jnp.float32

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .norm import LayerNorm, NormLayer
 
 Dtype = Any
 
@@ -57,3 +60,24 @@ class FeedForward(nn.Module):
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = dense(self.dim, name="fc2")(x)
         return nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+
+class NormLinear(nn.Module):
+    """LayerNorm -> ``activation`` (none by default) -> Linear, with parameters ``norm`` and ``fc``.
+
+    vit-pytorch's ``mlp_head`` (no activation), CrossViT's class-token projections (GELU) and the steps of
+    CrossFormer's position-bias MLP (ReLU).
+    """
+
+    features: int
+    activation: Callable[[jax.Array], jax.Array] | None = None
+    norm_layer: NormLayer = LayerNorm
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = self.norm_layer(name="norm")(x)
+        if self.activation is not None:
+            x = self.activation(x)
+        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)

@@ -16,7 +16,6 @@ from ...configuration_utils import (
     norm_params,
     one_of,
     optional,
-    positive_float,
     positive_int,
     positive_size,
     rate,
@@ -108,12 +107,12 @@ class CaiTConfig(VisionTransformerConfig):
     attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
     # layer_scale_init and the image / patch sizes together: check_cait_options (shared with the module).
     field_checks = {
-        **dict.fromkeys(("image_size", "patch_size"), positive_size),
-        **dict.fromkeys(("dim", "depth", "cls_depth", "heads", "mlp_dim", "dim_head", "channels"), positive_int),
+        **VisionTransformerConfig.field_checks,
+        "patch_size": positive_size,
+        **dict.fromkeys(("dim", "depth", "cls_depth", "heads", "mlp_dim", "dim_head"), positive_int),
         "cls_mlp_dim": optional(positive_int),
         **dict.fromkeys(("dropout", "emb_dropout", "layer_dropout", "drop_path_rate", "head_dropout"), rate),
         "attn_dropout": optional(rate),
-        "layer_norm_eps": positive_float,
         "patch_embedding": one_of(*PATCH_EMBEDDINGS),
         "weight_init": one_of(*WEIGHT_INITS),
         **dict.fromkeys(

@@ -52,7 +52,7 @@ from ...layers import (
     pair,
     remat_if,
 )
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_cait import STYLES, CaiTConfig, apply_style, check_cait_options
 
 Dtype = Any
@@ -404,9 +404,6 @@ class CaiT(CoreModule):
     cls_norm_patches: bool | None = None
     cls_dropout: bool | None = None
     weight_init: str | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
     config_class = CaiTConfig
@@ -517,20 +514,12 @@ class CaiT(CoreModule):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCaiTModule(FlaxBaseModelModule):
-    core_module_class = CaiT
-    base_model_prefix = "cait"
-
-
-class FlaxCaiTForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CaiT
-    base_model_prefix = "cait"
-
-
 class FlaxCaiTPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CaiTConfig
+    core_module_class = CaiT
     base_model_prefix = "cait"
-    head_param_names = ("head",)
+
+
+FlaxCaiTModule, FlaxCaiTForImageClassificationModule = FlaxCaiTPreTrainedModel.shell_modules()
 
 
 class FlaxCaiTModel(FlaxCaiTPreTrainedModel):

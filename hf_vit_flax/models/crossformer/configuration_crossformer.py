@@ -31,7 +31,6 @@ from ...configuration_utils import (
     optional,
     positive_float,
     positive_int,
-    positive_size,
     rate,
     to_pair,
 )
@@ -159,12 +158,11 @@ class CrossFormerConfig(VisionTransformerConfig):
     family_name = "CrossFormer"
     # style, cross_embed_kernel_sizes and the rules between fields: expand_options and Geometry.check_image_size.
     field_checks = {
-        "image_size": positive_size,
+        **VisionTransformerConfig.field_checks,
         **dict.fromkeys(("dim", "depth", *PER_STAGE_FIELDS, "dim_head"), stage_values(positive_int)),
         "heads": optional(stage_values(positive_int)),
-        "channels": positive_int,
         **dict.fromkeys(("attn_dropout", "ff_dropout", "drop_path_rate"), rate),
-        **dict.fromkeys(("mlp_ratio", "layer_norm_eps"), positive_float),
+        "mlp_ratio": positive_float,
         **dict.fromkeys(
             (
                 "qkv_bias",

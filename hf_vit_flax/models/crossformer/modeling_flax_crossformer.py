@@ -56,6 +56,7 @@ from ...layers import (
     LayerNorm,
     LinearHead,
     NormLayer,
+    NormLinear,
     attend,
     check_image,
     flatten_tokens,
@@ -63,7 +64,7 @@ from ...layers import (
     norm_factory,
     remat_if,
 )
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_crossformer import CrossFormerConfig, expand_options
 from .geometry import Geometry, cross_embed_dims, group_of
 
@@ -140,20 +141,6 @@ class CrossEmbedLayer(nn.Module):
         return x
 
 
-class NormReluLinear(nn.Module):
-    """LayerNorm -> ReLU -> Linear, one step of the position-bias MLP."""
-
-    features: int
-    norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(self.norm_layer(name="norm")(x))
-        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-
-
 class DynamicPositionBias(nn.Module):
     """The paper's dynamic position bias: an MLP from a 2-d offset to a bias, one per head or one shared.
 
@@ -173,9 +160,9 @@ class DynamicPositionBias(nn.Module):
         kw = dict(norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype)
         offsets = jnp.asarray(relative_offsets(window, self.wide_table), self.dtype)
         x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="pos_proj")(offsets)
-        x = NormReluLinear(self.width, **kw, name="pos1")(x)
-        x = NormReluLinear(self.width, **kw, name="pos2")(x)
-        table = NormReluLinear(self.out_features, **kw, name="pos3")(x)  # (offsets, out_features)
+        x = NormLinear(self.width, nn.relu, **kw, name="pos1")(x)
+        x = NormLinear(self.width, nn.relu, **kw, name="pos2")(x)
+        table = NormLinear(self.out_features, nn.relu, **kw, name="pos3")(x)  # (offsets, out_features)
         return table[relative_position_index(window)].transpose(2, 0, 1)
 
 
@@ -351,9 +338,6 @@ class CrossFormer(CoreModule):
     whole_map_group: bool | None = None
     proj_dropout: float | None = None
     embed_dropout: float | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = LinearHead
     config_class = CrossFormerConfig
@@ -462,20 +446,12 @@ class CrossFormer(CoreModule):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxCrossFormerModule(FlaxBaseModelModule):
-    core_module_class = CrossFormer
-    base_model_prefix = "crossformer"
-
-
-class FlaxCrossFormerForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CrossFormer
-    base_model_prefix = "crossformer"
-
-
 class FlaxCrossFormerPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CrossFormerConfig
+    core_module_class = CrossFormer
     base_model_prefix = "crossformer"
-    head_param_names = ("head",)
+
+
+FlaxCrossFormerModule, FlaxCrossFormerForImageClassificationModule = FlaxCrossFormerPreTrainedModel.shell_modules()
 
 
 class FlaxCrossFormerModel(FlaxCrossFormerPreTrainedModel):

@@ -21,7 +21,6 @@ from ...configuration_utils import (
     norm_params,
     one_of,
     optional,
-    positive_float,
     positive_int,
     positive_size,
     rate,
@@ -236,7 +235,7 @@ class CrossViTConfig(VisionTransformerConfig):
     attribute_map = {**VisionTransformerConfig.attribute_map, "num_hidden_layers": "depth"}
     # The rules between fields: check_crossvit_options (shared with the module).
     field_checks = {
-        "image_size": positive_size,
+        **VisionTransformerConfig.field_checks,
         **dict.fromkeys(("sm_image_size", "lg_image_size"), optional(positive_size)),
         **dict.fromkeys(
             (
@@ -251,14 +250,12 @@ class CrossViTConfig(VisionTransformerConfig):
                 "sm_enc_dim_head",
                 "lg_enc_dim_head",
                 "depth",
-                "channels",
             ),
             positive_int,
         ),
         **dict.fromkeys(("sm_enc_depth", "lg_enc_depth", "cross_attn_depth"), non_negative_int),
         **dict.fromkeys(("cross_attn_heads", "cross_attn_dim_head"), optional(positive_int)),
         **dict.fromkeys(("dropout", "emb_dropout", "drop_path_rate"), rate),
-        "layer_norm_eps": positive_float,
         **dict.fromkeys(("multi_conv", "qkv_bias", "crop_scale", "encoder_norm", "final_norm", "head_norm"), boolean),
         "style": optional(one_of(*STYLES)),
         "global_pool": one_of(*GLOBAL_POOLS),

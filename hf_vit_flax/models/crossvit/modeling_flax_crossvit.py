@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
 import flax
 import flax.linen as nn
@@ -37,6 +37,7 @@ from ...layers import (
     Features,
     LayerNorm,
     NormLayer,
+    NormLinear,
     PatchEmbedding,
     Transformer,
     TransformerBlock,
@@ -49,7 +50,7 @@ from ...layers import (
     remat_if,
 )
 from ...modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_crossvit import CrossViTConfig, check_crossvit_options, expand_style
 
 Dtype = Any
@@ -212,41 +213,14 @@ class ProjectedCrossAttention(nn.Module):
         return (self.project_out(x) if projected else x), weights
 
 
-class ClassTokenProjection(nn.Module):
-    """The paper's f / g (timm's ``projs`` / ``revert_projs`` entries): LayerNorm -> GELU -> Linear to the
-    other branch's width and back."""
-
-    features: int
-    norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = gelu(self.norm_layer(name="norm")(x))
-        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-
-
-class ClassifierHead(nn.Module):
-    """vit-pytorch's ``mlp_head``: LayerNorm -> Linear."""
-
-    num_classes: int
-    norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        x = self.norm_layer(name="norm")(x)
-        return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
-
-
 class CrossViTHead(nn.Module):
     """One head per branch, ``sm_head`` and ``lg_head`` (LayerNorm -> Linear with ``head_norm``, else Linear).
 
     Splits the pooled features into the two branches, classifies each, and combines the logits
     (``head_combine``: vit-pytorch sums them, timm averages them).
     """
+
+    param_names: ClassVar[tuple[str, ...]] = ("sm_head", "lg_head")
 
     num_classes: int
     sm_dim: int
@@ -259,8 +233,8 @@ class CrossViTHead(nn.Module):
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.head_norm:
-            self.sm_head = ClassifierHead(self.num_classes, self.norm_layer, **kw)
-            self.lg_head = ClassifierHead(self.num_classes, self.norm_layer, **kw)
+            self.sm_head = NormLinear(self.num_classes, norm_layer=self.norm_layer, **kw)
+            self.lg_head = NormLinear(self.num_classes, norm_layer=self.norm_layer, **kw)
         else:
             self.sm_head = nn.Dense(self.num_classes, **kw)
             self.lg_head = nn.Dense(self.num_classes, **kw)
@@ -407,12 +381,13 @@ class TokenProjectionBlock(MultiScaleBlock):
                 for _ in range(self.cross_depth)
             ]
 
-        self.sm_proj = ClassTokenProjection(self.lg.dim, **kw)
-        self.lg_proj = ClassTokenProjection(self.sm.dim, **kw)
+        # The paper's f and g (timm's ``projs`` / ``revert_projs``): LayerNorm -> GELU -> Linear.
+        self.sm_proj = NormLinear(self.lg.dim, gelu, **kw)
+        self.lg_proj = NormLinear(self.sm.dim, gelu, **kw)
         self.sm_attend_lg = cross(self.lg)
         self.lg_attend_sm = cross(self.sm)
-        self.sm_revert = ClassTokenProjection(self.sm.dim, **kw)
-        self.lg_revert = ClassTokenProjection(self.lg.dim, **kw)
+        self.sm_revert = NormLinear(self.sm.dim, gelu, **kw)
+        self.lg_revert = NormLinear(self.lg.dim, gelu, **kw)
         self.drop_path = DropPath(self.fusion_drop_path)
 
     def _fuse(self, tokens, other, proj, attends, revert, deterministic):
@@ -515,9 +490,6 @@ class CrossViT(CoreModule):
     final_norm: bool | None = None
     head_norm: bool | None = None
     head_combine: str | None = None
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     head_class = CrossViTHead
     config_class = CrossViTConfig
@@ -688,7 +660,7 @@ def projected_cross_attention_table(torch: str, flax: str, *, projected: bool) -
 
 
 def class_token_projection_table(torch: str, flax: str) -> wt.Table:
-    """timm's ``Sequential(norm, act, Linear)`` (``{torch}.0``, ``{torch}.2``) <-> :class:`ClassTokenProjection`."""
+    """timm's ``Sequential(norm, act, Linear)`` (``{torch}.0``, ``{torch}.2``) <-> a :class:`NormLinear` projection."""
     return [*wt.norm(f"{torch}.0", f"{flax}/norm"), *wt.linear(f"{torch}.2", f"{flax}/fc")]
 
 
@@ -715,22 +687,14 @@ class FlaxCrossViTImageClassifierOutput(FlaxSequenceClassifierOutput):
     lg_attentions: tuple | None = None
 
 
-class FlaxCrossViTModule(FlaxBaseModelModule):
-    core_module_class = CrossViT
-    base_model_prefix = "crossvit"
-    output_class = FlaxCrossViTModelOutput
-
-
-class FlaxCrossViTForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = CrossViT
-    base_model_prefix = "crossvit"
-    output_class = FlaxCrossViTImageClassifierOutput
-
-
 class FlaxCrossViTPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = CrossViTConfig
+    core_module_class = CrossViT
     base_model_prefix = "crossvit"
-    head_param_names = ("sm_head", "lg_head")
+
+
+FlaxCrossViTModule, FlaxCrossViTForImageClassificationModule = FlaxCrossViTPreTrainedModel.shell_modules(
+    FlaxCrossViTModelOutput, FlaxCrossViTImageClassifierOutput
+)
 
 
 class FlaxCrossViTModel(FlaxCrossViTPreTrainedModel):

@@ -18,7 +18,6 @@ from ...configuration_utils import (
     non_negative_int,
     norm_params,
     optional,
-    positive_float,
     positive_int,
     positive_size,
     rate,
@@ -84,10 +83,10 @@ class ViTConfig(VisionTransformerConfig):
     attribute_map = {**VisionTransformerConfig.attribute_map, **TRANSFORMER_ATTRIBUTE_MAP}
     # pool, patch_embedding, mlp_activation and layer_scale_init: check_vit_options (shared with the module).
     field_checks = {
-        **dict.fromkeys(("image_size", "patch_size"), positive_size),
-        **dict.fromkeys(("dim", "depth", "heads", "mlp_dim", "channels", "dim_head"), positive_int),
+        **VisionTransformerConfig.field_checks,
+        "patch_size": positive_size,
+        **dict.fromkeys(("dim", "depth", "heads", "mlp_dim", "dim_head"), positive_int),
         **dict.fromkeys(("dropout", "emb_dropout", "drop_path_rate", "head_dropout"), rate),
-        "layer_norm_eps": positive_float,
         "reg_tokens": non_negative_int,
         "class_token": optional(boolean),
         **dict.fromkeys(

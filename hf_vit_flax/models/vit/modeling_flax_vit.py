@@ -16,7 +16,7 @@ The Hugging Face classes below are config-driven shells around the same module.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -34,12 +34,14 @@ from ...layers import (
     norm_factory,
     pair,
 )
-from ...modeling_utils import FlaxBaseModelModule, FlaxClassifierModule, FlaxVisionPreTrainedModel
+from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
 
 
 class ViTHead(nn.Module):
     """ViT's head ``head``; for a distilled DeiT also ``head_dist``, and the mean of their logits."""
+
+    param_names: ClassVar[tuple[str, ...]] = ("head", "head_dist")
 
     num_classes: int
     distilled: bool = False
@@ -102,9 +104,6 @@ class ViT(CoreModule):
     drop_path_rate: float = 0.0
     head_dropout: float = 0.0
     pooler: bool = False
-    remat: bool = False
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     head_class = ViTHead
     config_class = ViTConfig
@@ -235,20 +234,12 @@ class ViT(CoreModule):
 # -- Hugging Face classes -----------------------------------------------------------------------------
 
 
-class FlaxViTModule(FlaxBaseModelModule):
-    core_module_class = ViT
-    base_model_prefix = "vit"
-
-
-class FlaxViTForImageClassificationModule(FlaxClassifierModule):
-    core_module_class = ViT
-    base_model_prefix = "vit"
-
-
 class FlaxViTPreTrainedModel(FlaxVisionPreTrainedModel):
-    config_class = ViTConfig
+    core_module_class = ViT
     base_model_prefix = "vit"
-    head_param_names = ("head", "head_dist")
+
+
+FlaxViTModule, FlaxViTForImageClassificationModule = FlaxViTPreTrainedModel.shell_modules()
 
 
 class FlaxViTModel(FlaxViTPreTrainedModel):

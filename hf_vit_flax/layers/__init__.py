@@ -41,6 +41,7 @@ from .pooling import AttentionPoolLatent, attention_pool_table
 from .pos_embed import interpolate_pos_embedding, torch_bicubic_matrix
 from .transformer import (
     TIMM_BLOCK,
+    TRANSFORMERS_BLOCK,
     VIT_PYTORCH_BLOCK,
     DropPath,
     LayerScale,
@@ -55,6 +56,7 @@ from .transformer import (
 __all__ = [
     "ACTIVATIONS",
     "TIMM_BLOCK",
+    "TRANSFORMERS_BLOCK",
     "VIT_PYTORCH_BLOCK",
     "Attention",
     "AttentionPoolLatent",

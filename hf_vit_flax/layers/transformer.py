@@ -191,8 +191,9 @@ class Transformer(nn.Module):
 
 # -- weight maps (hf_vit_flax.weight_tables) -------------------------------------------------------------
 
-# The PyTorch names of a block's parts, by our name: timm's ``Block`` (the same names as ours) and
-# vit-pytorch's ``Transformer`` layer (``layers.i.0`` = PreNorm(Attention), ``layers.i.1`` = FeedForward).
+# The PyTorch names of a block's parts, by our name: timm's ``Block`` (the same names as ours),
+# vit-pytorch's ``Transformer`` layer (``layers.i.0`` = PreNorm(Attention), ``layers.i.1`` = FeedForward)
+# and transformers' ``ViTLayer`` (its query, key and value are fused into "qkv" before the table is read).
 # ``ls1`` / ``ls2`` name the LayerScale tensor itself.
 TIMM_BLOCK = {
     "norm1": "norm1",
@@ -211,6 +212,14 @@ VIT_PYTORCH_BLOCK = {
     "norm2": "1.net.0",
     "mlp/fc1": "1.net.1",
     "mlp/fc2": "1.net.4",
+}
+TRANSFORMERS_BLOCK = {
+    "norm1": "layernorm_before",
+    "attn/qkv": "attention.attention.qkv",
+    "attn/proj": "attention.output.dense",
+    "norm2": "layernorm_after",
+    "mlp/fc1": "intermediate.dense",
+    "mlp/fc2": "output.dense",
 }
 
 

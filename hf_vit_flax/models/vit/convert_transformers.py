@@ -36,21 +36,10 @@ from typing import Any
 import numpy as np
 
 from ... import weight_tables as wt
-from ...layers import transformer_table
+from ...layers import TRANSFORMERS_BLOCK, transformer_table
 from .configuration_vit import ViTConfig
 
 MODEL_TYPES = ("vit", "deit")
-
-# Our TransformerBlock's parts by their transformers names (hf_vit_flax.layers.block_table); "qkv" is the
-# fused projection that fuse_qkv makes of transformers' query, key and value.
-TRANSFORMERS_BLOCK = {
-    "norm1": "layernorm_before",
-    "attn/qkv": "attention.attention.qkv",
-    "attn/proj": "attention.output.dense",
-    "norm2": "layernorm_after",
-    "mlp/fc1": "intermediate.dense",
-    "mlp/fc2": "output.dense",
-}
 
 # transformers ``hidden_act`` <-> ``ViTConfig.mlp_activation``. "gelu_new" and "gelu_fast" are the tanh
 # approximation written out; "gelu_pytorch_tanh" is PyTorch's own.

@@ -13,30 +13,34 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 PARITY_ATOL = 1e-5
 
 
+def crossvit_config(shared: dict, sm: dict, lg: dict) -> dict:
+    """CrossViT keyword arguments from the options both branches share and each branch's own, the latter without
+    their ``sm_`` / ``lg_`` prefix (``sm=dict(dim=16)`` is ``sm_dim=16``): a configuration reads as one row per
+    branch."""
+    branches = {
+        f"{prefix}_{key}": value for prefix, branch in (("sm", sm), ("lg", lg)) for key, value in branch.items()
+    }
+    return {**shared, **branches}
+
+
 # One small valid config per family (keyword arguments of its config class): 32x32 RGB images, 3 classes.
 TINY_CONFIGS = {
     "vit": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32),
     "cait": dict(
         image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, cls_depth=1, heads=2, dim_head=16, mlp_dim=32
     ),
-    "crossvit": dict(
-        image_size=32,
-        num_classes=3,
-        sm_dim=16,
-        lg_dim=32,
-        sm_patch_size=4,
-        lg_patch_size=8,
-        depth=1,
-        sm_enc_heads=2,
-        lg_enc_heads=2,
-        sm_enc_dim_head=8,
-        lg_enc_dim_head=8,
-        sm_enc_mlp_dim=32,
-        lg_enc_mlp_dim=32,
-        cross_attn_heads=2,
-        cross_attn_dim_head=8,
-        dropout=0.0,
-        emb_dropout=0.0,
+    "crossvit": crossvit_config(
+        dict(
+            image_size=32,
+            num_classes=3,
+            depth=1,
+            cross_attn_heads=2,
+            cross_attn_dim_head=8,
+            dropout=0.0,
+            emb_dropout=0.0,
+        ),
+        sm=dict(dim=16, patch_size=4, enc_heads=2, enc_dim_head=8, enc_mlp_dim=32),
+        lg=dict(dim=32, patch_size=8, enc_heads=2, enc_dim_head=8, enc_mlp_dim=32),
     ),
     # Stage maps 8, 4, 2, 1 at 32x32: windows that tile them.
     "crossformer": dict(
@@ -50,6 +54,14 @@ TINY_CONFIGS = {
         cross_embed_kernel_sizes=((4, 8), (2, 4), (2, 4), (2, 4)),
     ),
 }
+
+# A small vit-pytorch CrossViT whose branches differ in width (its cross attention projects in and out): two
+# multi-scale layers, the large branch two blocks deep.
+CROSSVIT_DIFFERENT_WIDTHS = crossvit_config(
+    dict(image_size=32, num_classes=5, depth=2, cross_attn_heads=2, cross_attn_dim_head=8),
+    sm=dict(dim=16, patch_size=8, enc_heads=2, enc_mlp_dim=32, enc_dim_head=8),
+    lg=dict(dim=24, patch_size=16, enc_depth=2, enc_heads=3, enc_mlp_dim=48, enc_dim_head=8),
+)
 
 # NCHW pixel_values that a wrapper configured for 32x32 RGB images must refuse, and what its error says.
 BAD_PIXEL_VALUES = [

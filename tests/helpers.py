@@ -99,6 +99,35 @@ def torch_logits(module, images_nchw: np.ndarray) -> np.ndarray:
         return module(torch.from_numpy(images_nchw)).float().numpy()
 
 
+def assert_same_state(loaded, original, unused: tuple[str, ...] = ()) -> None:
+    """The torch module ``loaded`` holds every tensor of ``original`` bit for bit, with its dtype (but those
+    under the prefixes ``unused``)."""
+    from hf_vit_flax.conversion_utils import to_numpy
+
+    got, want = to_numpy(loaded.state_dict()), to_numpy(original.state_dict())
+    assert sorted(got) == sorted(want)
+    for key in want:
+        if not key.startswith(unused):
+            assert got[key].dtype == want[key].dtype, key
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
+def timm_export_loaded(architecture: str, kwargs: dict, folder, seed: int):
+    """A random-weight timm model converted with ``from_timm``, exported to ``folder`` with ``export(model,
+    "timm", ...)`` and loaded back by timm itself (``local-dir:``), which must hold the same tensors:
+    returns (the original, the Flax model, the loaded one)."""
+    import timm
+
+    import hf_vit_flax
+
+    original = randomize_(timm.create_model(architecture, pretrained=False, **kwargs), seed=seed).eval()
+    model = hf_vit_flax.from_timm(original)
+    hf_vit_flax.export(model, "timm", folder)
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert_same_state(loaded, original)
+    return original, model, loaded
+
+
 def max_abs_diff(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
 

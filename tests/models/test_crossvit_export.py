@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import timm
-import torch
 from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 import hf_vit_flax
@@ -21,9 +20,11 @@ from hf_vit_flax.models.crossvit.convert_crossvit import timm_architecture, vit_
 from tests.helpers import (
     CROSSVIT_DIFFERENT_WIDTHS,
     assert_parity,
+    assert_same_state,
     crossvit_config,
     images,
     randomize_,
+    timm_export_loaded,
     torch_logits,
 )
 
@@ -72,15 +73,6 @@ VIT_PYTORCH_CONFIG = dict(
 )
 
 
-def assert_same_state(loaded: torch.nn.Module, original: torch.nn.Module, unused: tuple[str, ...] = ()) -> None:
-    got, want = to_numpy(loaded.state_dict()), to_numpy(original.state_dict())
-    assert sorted(got) == sorted(want)
-    for key in want:
-        if not key.startswith(unused):
-            assert got[key].dtype == want[key].dtype, key
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # bit for bit
-
-
 def outputs(model, pixels: np.ndarray) -> np.ndarray:
     """The logits, or without heads the pooled features (what timm's CrossVit returns without a head)."""
     out = model(pixels)
@@ -101,11 +93,7 @@ def test_the_crossvit_family_exports_both_ways():
 @pytest.mark.parametrize("name", TIMM)
 def test_timm_loads_the_export(name, tmp_path):
     arch, kwargs = TIMM[name]
-    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
-    model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export(model, "timm", tmp_path)
-    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-    assert_same_state(loaded, original)
+    original, model, loaded = timm_export_loaded(arch, kwargs, tmp_path, seed=3)
     assert loaded.img_size_scaled == original.img_size_scaled
     assert all(a.eps == b.eps == 1e-6 for a, b in zip(loaded.norm, original.norm, strict=True))
     pixels = images(2, *model.config.image_size_hw, seed=4)

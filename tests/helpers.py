@@ -92,6 +92,24 @@ def randomize_(module, seed: int = 0):
     return module.eval()
 
 
+def labelled_config(name: str, **kwargs):
+    """A ``ViTConfig`` whose three labels, "<name> 0" ..., say which model a checkpoint holds."""
+    from hf_vit_flax import ViTConfig
+
+    return ViTConfig(**kwargs, id2label={i: f"{name} {i}" for i in range(3)})
+
+
+def which_save(folder, x, candidates: dict) -> str:
+    """Load ``folder`` and tell which candidate model it is (by name, see :func:`labelled_config`); the config's
+    labels must agree with the weights."""
+    from hf_vit_flax import FlaxViTForImageClassification
+
+    loaded = FlaxViTForImageClassification.from_pretrained(folder)
+    label = loaded.config.id2label[0].split()[0]
+    np.testing.assert_array_equal(loaded(x).logits, candidates[label](x).logits)
+    return label
+
+
 def torch_logits(module, images_nchw: np.ndarray) -> np.ndarray:
     import torch
 

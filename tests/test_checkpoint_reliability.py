@@ -13,31 +13,21 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViTConfig
+from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel
 from hf_vit_flax.checkpoint import TMP_PREFIX
-from tests.helpers import images
+from tests.helpers import images, labelled_config, which_save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, mlp_dim=64)
 
 
-def labelled(name: str, seed: int, num_classes: int = 3) -> FlaxViTForImageClassification:
-    """A model whose labels say which save it came from."""
-    config = ViTConfig(**CONFIG, id2label={i: f"{name} {i}" for i in range(num_classes)})
-    return FlaxViTForImageClassification(config, seed=seed)
+def labelled(name: str, seed: int) -> FlaxViTForImageClassification:
+    return FlaxViTForImageClassification(labelled_config(name, **CONFIG), seed=seed)
 
 
 @pytest.fixture(scope="module")
 def x():
     return images(2, 32, 32)
-
-
-def which_save(folder, x, candidates: dict) -> str:
-    """Load ``folder`` and tell which candidate model it is; the config's labels must agree with the weights."""
-    loaded = FlaxViTForImageClassification.from_pretrained(folder)
-    label = loaded.config.id2label[0].split()[0]
-    np.testing.assert_array_equal(loaded(x).logits, candidates[label](x).logits)
-    return label
 
 
 KILLED_SAVE = """

@@ -9,19 +9,11 @@ from PIL import Image
 
 from hf_vit_flax import FlaxViTForImageClassification, ViTConfig
 from hf_vit_flax.cli import main
+from tests.helpers import TINY_CONFIGS
 
 
 def test_predict_prints_top_k_labels(tmp_path, capsys):
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_classes=3,
-        dim=32,
-        depth=1,
-        heads=2,
-        mlp_dim=32,
-        id2label={0: "cat", 1: "dog", 2: "bird"},
-    )
+    config = ViTConfig(**TINY_CONFIGS["vit"], id2label={0: "cat", 1: "dog", 2: "bird"})
     FlaxViTForImageClassification(config).save_pretrained(tmp_path / "model")
     for name in ("a.png", "b.jpg"):
         Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)).save(tmp_path / name)

@@ -10,8 +10,7 @@ import vit_pytorch.cait
 import vit_pytorch.crossformer
 
 import hf_vit_flax
-from hf_vit_flax.conversion_utils import to_numpy
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import assert_parity, assert_same_state, images, randomize_, torch_logits
 
 VIT_PYTORCH = {
     "cait": (
@@ -28,16 +27,9 @@ VIT_PYTORCH = {
     ),
 }
 
-TIMM = {
-    "cait": ("cait_xxs24_224", dict(img_size=32, patch_size=8, depth=2, num_classes=6)),
-}
-
-
-def assert_same_state(loaded, original):
-    got, want = to_numpy(loaded.state_dict()), to_numpy(original.state_dict())
-    assert sorted(got) == sorted(want)
-    for key in want:
-        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+# A small timm CaiT for the command line (timm loading each family's export is test_export_timm.py's business,
+# ViT and CaiT, and models/test_crossvit_export.py's).
+TIMM_CAIT = ("cait_xxs24_224", dict(img_size=32, patch_size=8, depth=2, num_classes=6))
 
 
 @pytest.mark.parametrize("family", VIT_PYTORCH)
@@ -53,18 +45,6 @@ def test_vit_pytorch_loads_the_export(family, tmp_path):
     assert_parity(torch_logits(loaded, pixels), np.asarray(model(pixels).logits))
 
 
-@pytest.mark.parametrize("family", TIMM)
-def test_timm_loads_the_export(family, tmp_path):
-    arch, kwargs = TIMM[family]
-    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
-    model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export(model, "timm", tmp_path)
-    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-    assert_same_state(loaded, original)
-    pixels = images(2, *model.config.image_size_hw, seed=4)
-    assert_parity(torch_logits(loaded, pixels), np.asarray(model(pixels).logits))
-
-
 def test_a_family_without_a_timm_counterpart_says_so(tmp_path):
     cls, kwargs, _ = VIT_PYTORCH["crossformer"]
     model = hf_vit_flax.from_vit_pytorch(cls(**kwargs))
@@ -75,7 +55,7 @@ def test_a_family_without_a_timm_counterpart_says_so(tmp_path):
 def test_cli_exports_to_timm_and_vit_pytorch(tmp_path, capsys):
     from hf_vit_flax.cli import main
 
-    arch, kwargs = TIMM["cait"]
+    arch, kwargs = TIMM_CAIT
     original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=5).eval()
     hf_vit_flax.from_timm(original).save_pretrained(tmp_path / "saved")
     assert main(["export", str(tmp_path / "saved"), "--to", "timm", "--output-dir", str(tmp_path / "timm")]) == 0

@@ -12,8 +12,7 @@ import timm
 import vit_pytorch
 
 import hf_vit_flax
-from hf_vit_flax.conversion_utils import to_numpy
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import assert_parity, images, randomize_, timm_export_loaded, torch_logits
 
 CASES = {
     "vit": ("vit_tiny_patch16_224", dict(img_size=64, depth=2)),
@@ -21,22 +20,14 @@ CASES = {
     "clip-eps-1e-5-pre-norm": ("vit_base_patch16_clip_224", dict(img_size=32, embed_dim=64, depth=2, num_heads=2)),
     "map-pool": ("vit_base_patch16_siglip_224", dict(img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=5)),
     "deit3-layer-scale": ("deit3_small_patch16_224", dict(img_size=32, depth=2, num_classes=7)),
+    "cait": ("cait_xxs24_224", dict(img_size=32, patch_size=8, depth=2, num_classes=6)),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_timm_loads_the_export(case, tmp_path):
     arch, kwargs = CASES[case]
-    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=2).eval()
-    model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export(model, "timm", tmp_path)
-
-    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-    expected = to_numpy(original.state_dict())
-    got = to_numpy(loaded.state_dict())
-    assert sorted(got) == sorted(expected)
-    for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    _, model, loaded = timm_export_loaded(arch, kwargs, tmp_path, seed=2)
     pixels = images(2, *model.config.image_size_hw, seed=3)
     assert_parity(torch_logits(loaded, pixels), np.asarray(model(pixels).logits))
     # The preprocessing travels too: timm's data config is the model's image processor.

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from hf_vit_flax import FlaxViTForImageClassification, ViTConfig
-from tests.helpers import images
+from tests.helpers import TINY_CONFIGS, images
 from tests.hub_server import serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,16 +38,7 @@ def run_python(code: str, env: dict, tmp_path) -> dict:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     folder = tmp_path_factory.mktemp("saved")
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_classes=5,
-        dim=32,
-        depth=1,
-        heads=2,
-        mlp_dim=64,
-        id2label={i: f"class {i}" for i in range(5)},
-    )
+    config = ViTConfig(**dict(TINY_CONFIGS["vit"], num_classes=5), id2label={i: f"class {i}" for i in range(5)})
     model = FlaxViTForImageClassification(config, seed=3)
     model.save_pretrained(folder)
     x = images(2, 32, 32)

@@ -24,7 +24,7 @@ from hf_vit_flax import FlaxViTForImageClassification, FlaxViTModel, ViTConfig
 from hf_vit_flax import checkpoint as ckpt
 from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.timm_weights import load_variant_config
-from tests.helpers import images
+from tests.helpers import images, labelled_config, which_save
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = dict(image_size=32, patch_size=8, dim=32, depth=2, heads=2, mlp_dim=64, dim_head=16)
@@ -32,25 +32,16 @@ SHARDED = "10KB"  # about 40 kB of weights: four or five shards
 
 
 def small_config(name: str = "m", **overrides) -> ViTConfig:
-    return ViTConfig(**{**CONFIG, **overrides}, id2label={i: f"{name} {i}" for i in range(3)})
+    return labelled_config(name, **{**CONFIG, **overrides})
 
 
 def labelled(name: str, seed: int) -> FlaxViTForImageClassification:
-    """A small model whose labels say which save it came from."""
     return FlaxViTForImageClassification(small_config(name), seed=seed)
 
 
 @pytest.fixture(scope="module")
 def x():
     return images(2, 32, 32)
-
-
-def which_save(folder, x, candidates: dict) -> str:
-    """Load ``folder`` and tell which candidate it is; its config's labels must agree with its weights."""
-    loaded = FlaxViTForImageClassification.from_pretrained(folder)
-    label = loaded.config.id2label[0].split()[0]
-    np.testing.assert_array_equal(loaded(x).logits, candidates[label](x).logits)
-    return label
 
 
 def weights_files(folder) -> list[str]:

@@ -58,6 +58,11 @@ def colour_folder(root: Path, per_class: int = 12, val: int = 4, size: int = 20)
     return root
 
 
+def fine_tune(tmp_path: Path, model: str, data: str = "digits", **options):
+    """``train`` on ``data`` into ``tmp_path / "run"``, quietly, with one worker and no warmup (``FAST``)."""
+    return train(TrainConfig(data=data, model=model, output_dir=str(tmp_path / "run"), **{**FAST, **options}))
+
+
 def flat(params) -> dict:
     return {"/".join(k): np.asarray(v) for k, v in flatten_dict(params).items()}
 
@@ -88,19 +93,7 @@ if result.params is not None and {save}:
 
 # -- learning ------------------------------------------------------------------------------------------
 def test_digits_learns_well_above_chance(tmp_path, tiny_model):
-    result = train(
-        TrainConfig(
-            data="digits",
-            model=tiny_model,
-            output_dir=str(tmp_path / "run"),
-            steps=60,
-            batch_size=32,
-            lr=3e-3,
-            augment="none",
-            eval_every=60,
-            **FAST,
-        )
-    )
+    result = fine_tune(tmp_path, tiny_model, steps=60, batch_size=32, lr=3e-3, augment="none", eval_every=60)
     assert result.final_accuracy > 0.6  # chance is 0.1
     assert result.best_accuracy >= result.final_accuracy
     from hf_vit_flax.training.data import digits_dataset
@@ -127,7 +120,7 @@ def test_default_model_suits_the_data(tmp_path):
 def test_head_replaced_with_the_class_names_and_model_card(tmp_path, tiny_model):
     data = colour_folder(tmp_path / "data")
     out = tmp_path / "run"
-    result = train(TrainConfig(data=str(data), model=tiny_model, output_dir=str(out), steps=2, batch_size=8, **FAST))
+    result = fine_tune(tmp_path, tiny_model, str(data), steps=2, batch_size=8)
     model = hf_vit_flax.FlaxAutoModelForImageClassification.from_pretrained(out)
     assert model.config.id2label == {0: "blue", 1: "red"}
     assert model.config.label2id == {"blue": 0, "red": 1}
@@ -195,19 +188,8 @@ def test_weight_decay_mask():
 
 def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path, tiny_model):
     data = colour_folder(tmp_path / "data")
-    result = train(
-        TrainConfig(
-            data=str(data),
-            model=tiny_model,
-            output_dir=str(tmp_path / "run"),
-            steps=3,
-            batch_size=8,
-            freeze_backbone=True,
-            weight_decay=0.1,
-            layer_decay=0.8,
-            **FAST,
-        )
-    )
+    options = dict(freeze_backbone=True, weight_decay=0.1, layer_decay=0.8)
+    result = fine_tune(tmp_path, tiny_model, str(data), steps=3, batch_size=8, **options)
     start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params["vit"])
     end = flat(result.params["vit"])
     assert start.keys() == end.keys()
@@ -220,20 +202,8 @@ def test_linear_probe_leaves_the_backbone_bit_identical(tmp_path, tiny_model):
 
 
 def test_bf16_sgd_and_gradient_checkpointing_keep_float32_parameters(tmp_path, tiny_model):
-    result = train(
-        TrainConfig(
-            data="digits",
-            model=tiny_model,
-            output_dir=str(tmp_path / "run"),
-            steps=2,
-            batch_size=8,
-            precision="bf16",
-            gradient_checkpointing=True,
-            optimizer="sgd",
-            lr=0.1,
-            **FAST,
-        )
-    )
+    options = dict(precision="bf16", gradient_checkpointing=True, optimizer="sgd", lr=0.1)
+    result = fine_tune(tmp_path, tiny_model, steps=2, batch_size=8, **options)
     start = flat(hf_vit_flax.FlaxViTForImageClassification.from_pretrained(tiny_model).params)
     end = flat(result.params)
     assert all(v.dtype == np.float32 and np.isfinite(v).all() for v in end.values())
@@ -443,7 +413,7 @@ def test_images_the_model_cannot_take(tmp_path):
     path = tmp_path / "gray-model"
     hf_vit_flax.FlaxViTForImageClassification(config).save_pretrained(path)
     with pytest.raises(ValueError, match="do not fit the model"):
-        train(TrainConfig(data="digits", model=str(path), output_dir=str(tmp_path / "run"), **FAST))
+        fine_tune(tmp_path, str(path))
 
 
 # -- data sources and the command line ------------------------------------------------------------------
@@ -462,11 +432,7 @@ def test_hf_datasets_folder(tmp_path, tiny_model):
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["r", "g", "b"])})
     table = datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
     table.train_test_split(test_size=6, seed=0, stratify_by_column="label").save_to_disk(str(tmp_path / "ds"))
-    result = train(
-        TrainConfig(
-            data=str(tmp_path / "ds"), model=tiny_model, output_dir=str(tmp_path / "run"), steps=2, batch_size=6, **FAST
-        )
-    )
+    result = fine_tune(tmp_path, tiny_model, str(tmp_path / "ds"), steps=2, batch_size=6)
     assert result.class_names == ["r", "g", "b"]
     assert sum(map(sum, result.confusion)) == 6  # the test split
 
@@ -532,17 +498,7 @@ def test_push_to_hub_uploads_the_best_model(hub, tmp_path, tiny_model):
     from hf_vit_flax.hub import card_metadata
 
     out = tmp_path / "run"
-    train(
-        TrainConfig(
-            data="digits",
-            model=tiny_model,
-            output_dir=str(out),
-            steps=1,
-            batch_size=8,
-            push_to_hub="acme/tiny-digits",
-            **FAST,
-        )
-    )
+    fine_tune(tmp_path, tiny_model, steps=1, batch_size=8, push_to_hub="acme/tiny-digits")
     files = hub.repos["acme/tiny-digits"]["files"]
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "curves.png"} <= set(files)
     assert "run.json" not in files and not any(name.startswith("checkpoints") for name in files)

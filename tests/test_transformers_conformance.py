@@ -70,7 +70,7 @@ from hf_vit_flax import (
     ViTConfig,
 )
 
-from .helpers import TINY_CONFIGS
+from .helpers import TINY_CONFIGS, crossvit_config
 from .transformers_flax_common import FlaxModelTesterMixin, floats_tensor
 
 
@@ -251,8 +251,11 @@ class FlaxCrossFormerConformanceTest(VisionConformance, unittest.TestCase):
     all_model_classes = (FlaxCrossFormerModel, FlaxCrossFormerForImageClassification)
 
     def setUp(self):
-        # 32x32 images: stage maps of 8, 4, 2 and 1 tokens a side, with windows that tile them.
-        config = CrossFormerConfig(**TINY_CONFIGS["crossformer"])
+        # 32x32 images: stage maps of 8, 4, 2 and 1 tokens a side, with windows that tile them; one kernel per
+        # cross-scale embedding (less to compile: several kernels are the family's parity tests' business).
+        config = CrossFormerConfig(
+            **{**TINY_CONFIGS["crossformer"], "cross_embed_kernel_sizes": ((4,), (2,), (2,), (2,))}
+        )
         heads = config.heads or tuple(d // config.dim_head for d in config.dim)  # None: dim // dim_head (vit-pytorch)
         depth = config.depth if isinstance(config.depth, (list, tuple)) else [config.depth] * len(config.dim)
         blocks = 2 * sum(depth)  # vit-pytorch's depth counts (short, long) pairs per stage
@@ -274,32 +277,22 @@ class FlaxCrossFormerConformanceTest(VisionConformance, unittest.TestCase):
             self.assertEqual(out.attentions[0].shape[-2], out.attentions[0].shape[-1])
 
 
+# One multi-scale layer (the mixin's checks need no more, and each layer costs compile time): 16 small patches of
+# width 32 and 4 large ones of width 48, each branch with its class token.
+CROSSVIT = crossvit_config(
+    dict(image_size=32, num_classes=5, depth=1, cross_attn_depth=1, cross_attn_heads=2, cross_attn_dim_head=16),
+    sm=dict(dim=32, patch_size=8, enc_depth=1, enc_heads=2, enc_mlp_dim=64, enc_dim_head=16),
+    lg=dict(dim=48, patch_size=16, enc_depth=1, enc_heads=3, enc_mlp_dim=64, enc_dim_head=16),
+)
+
+
 class FlaxCrossViTConformanceTest(VisionConformance, unittest.TestCase):
     all_model_classes = (FlaxCrossViTModel, FlaxCrossViTForImageClassification)
 
     def setUp(self):
-        config = CrossViTConfig(
-            image_size=32,
-            num_classes=5,
-            sm_dim=32,
-            lg_dim=48,
-            sm_patch_size=8,
-            lg_patch_size=16,
-            sm_enc_depth=1,
-            sm_enc_heads=2,
-            sm_enc_mlp_dim=64,
-            sm_enc_dim_head=16,
-            lg_enc_depth=1,
-            lg_enc_heads=3,
-            lg_enc_mlp_dim=64,
-            lg_enc_dim_head=16,
-            cross_attn_depth=1,
-            cross_attn_heads=2,
-            cross_attn_dim_head=16,
-            depth=2,
-        )
+        config = CrossViTConfig(**CROSSVIT)
         self.model_tester = ModelTester(
-            config, num_hidden_layers=2, num_attention_heads=2, seq_length=17, hidden_size=32
+            config, num_hidden_layers=1, num_attention_heads=2, seq_length=17, hidden_size=32
         )
         self.model_tester.num_hidden_states_types = 2  # hidden_states and lg_hidden_states
 

@@ -19,11 +19,8 @@ from tests.helpers import (
     assert_parity,
     images,
     randomize_,
+    seed_readme_examples,
     torch_logits,
-)
-
-SEED_README = dict(
-    image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=12, cls_depth=2, heads=16, mlp_dim=2048
 )
 
 PARITY_CONFIGS = {
@@ -186,42 +183,12 @@ def test_headless_vit_pytorch_model_becomes_base_model():
     np.testing.assert_allclose(tokens, out.last_hidden_state, atol=1e-6)
 
 
-def test_seed_readme_snippet():
-    # The seed README's CaiT example, with jax.tree.leaves / jax.tree.map for the removed aliases;
-    # jax.eval_shape keeps its 122M parameters cheap.
-    key = jax.random.PRNGKey(0)
-    img = jax.random.normal(key, (1, 256, 256, 3))
-    v = CaiT(**SEED_README, dropout=0.1, emb_dropout=0.1, layer_dropout=0.05)
-    init_rngs = {
-        "params": jax.random.PRNGKey(1),
-        "dropout": jax.random.PRNGKey(2),
-        "emb_dropout": jax.random.PRNGKey(3),
-    }
-    params = jax.eval_shape(v.init, init_rngs, img)
-    output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
-    assert output.shape == (1, 1000)
-    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
-    with torch.device("meta"):
-        torch_count = sum(p.numel() for p in vit_pytorch.CaiT(**SEED_README).parameters())
-    assert n_params_flax == torch_count == 121_839_592
-
-
 def test_seed_readme_snippet_runs_as_written_on_a_small_model():
     key = jax.random.PRNGKey(0)
     img = jax.random.normal(key, (1, 32, 32, 3))
-    v = CaiT(
-        image_size=32,
-        patch_size=8,
-        num_classes=10,
-        dim=32,
-        depth=3,
-        cls_depth=2,
-        heads=2,
-        mlp_dim=64,
-        dropout=0.1,
-        emb_dropout=0.1,
-        layer_dropout=0.05,
-    )
+    # The README's example at a small size: its cls_depth and dropouts as written.
+    small = dict(image_size=32, patch_size=8, num_classes=10, dim=32, depth=3, heads=2, mlp_dim=64)
+    v = CaiT(**{**seed_readme_examples()["CaiT"], **small})
     init_rngs = {
         "params": jax.random.PRNGKey(1),
         "dropout": jax.random.PRNGKey(2),
@@ -237,13 +204,6 @@ def test_seed_readme_snippet_runs_as_written_on_a_small_model():
     }
     assert n_params_flax == sum(p.numel() for p in vit_pytorch.CaiT(**kwargs).parameters())
     np.testing.assert_array_equal(output, v.apply(params, img, rngs=init_rngs))  # eval: deterministic
-
-
-def test_parameter_count_matches_vit_pytorch():
-    model = FlaxCaiTForImageClassification(CaiTConfig(**SEED_README), _do_init=False)
-    with torch.device("meta"):
-        torch_count = sum(p.numel() for p in vit_pytorch.CaiT(**SEED_README).parameters())
-    assert count(model.params_shape_tree) == torch_count
 
 
 # -- layer dropout ----------------------------------------------------------------------------------
@@ -351,26 +311,15 @@ def test_config_validation(kwargs, match):
 
 
 def test_default_config_is_the_seed_readme_model():
-    assert CaiTConfig().to_module_kwargs()["depth"] == SEED_README["depth"]
+    assert CaiTConfig().to_module_kwargs()["depth"] == seed_readme_examples()["CaiT"]["depth"]
 
 
 # -- timm -------------------------------------------------------------------------------------------
 
+# The rectangular, one-channel, no-qkv-bias layout with its own MLP ratios goes through the same checks in
+# test_cait_weights.py (converted, parity, exported back).
 TIMM_CONFIGS = {
     "tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10, depth_token_only=2),
-    "rect-no-qkv-bias-mlp-ratios-one-channel": dict(
-        img_size=(32, 48),
-        patch_size=8,
-        in_chans=1,
-        embed_dim=24,
-        depth=3,
-        num_heads=3,
-        num_classes=5,
-        qkv_bias=False,
-        mlp_ratio=2.0,
-        mlp_ratio_token_only=3.0,
-        depth_token_only=1,
-    ),
 }
 
 

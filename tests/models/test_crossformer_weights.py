@@ -26,7 +26,7 @@ from hf_vit_flax.models.crossformer.convert_crossformer import (
     original_table,
 )
 from hf_vit_flax.weight_tables import to_torch
-from tests.helpers import TINY_CONFIGS, assert_parity, images, randomize_, torch_logits
+from tests.helpers import TINY_CONFIGS, images, randomize_, torch_logits
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "crossformer_official"
 # The tiny test config as core-module arguments (the module takes any image size its windows tile).
@@ -55,12 +55,12 @@ def test_vit_pytorch_export_round_trip():
     for key, value in expected.items():
         assert exported[key].shape == value.shape and exported[key].dtype == value.dtype, key
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
-    # A fresh vit-pytorch model takes them strictly and computes the same logits as the reference.
+    # A fresh vit-pytorch model takes them strictly and computes the same logits as the reference (which the
+    # converted model computes: test_crossformer.py's parity test, "per-stage-windows", is this configuration).
     fresh = TorchCrossFormer(**SMALL)
     fresh.load_state_dict(as_torch(exported), strict=True)
     x = images(2, 224, 224, seed=4)
     np.testing.assert_array_equal(torch_logits(fresh.eval(), x), torch_logits(reference, x))
-    assert_parity(model(x).logits, torch_logits(fresh, x))
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")  # vit-pytorch's Linear(dim, 0)

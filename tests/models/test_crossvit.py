@@ -1,4 +1,4 @@
-"""CrossViT: parity with vit-pytorch's CrossViT and timm's CrossVit, the seed README snippet, the HF wrappers."""
+"""CrossViT: parity with vit-pytorch's CrossViT and timm's CrossVit, the HF wrappers."""
 
 import jax
 import jax.numpy as jnp
@@ -22,118 +22,50 @@ from hf_vit_flax.models.crossvit.convert_crossvit import config_from_timm, conve
 from hf_vit_flax.models.crossvit.modeling_flax_crossvit import timm_drop_path_rates
 from tests.helpers import (
     assert_parity,
+    crossvit_config,
     images,
     max_abs_diff,
     randomize_,
     torch_logits,
 )
 
-SMALL = dict(sm_enc_mlp_dim=64, lg_enc_mlp_dim=96, sm_enc_dim_head=16, lg_enc_dim_head=16, cross_attn_dim_head=16)
-
-# vit-pytorch configurations (small enough for CPU: a few hundred K parameters at most).
+# vit-pytorch configurations (small enough for CPU: a few hundred K parameters at most), one row per branch.
 PARITY_CONFIGS = {
-    "different-widths": dict(
-        image_size=32,
-        num_classes=10,
-        sm_dim=32,
-        lg_dim=48,
-        sm_patch_size=8,
-        lg_patch_size=16,
-        depth=2,
-        sm_enc_depth=1,
-        lg_enc_depth=2,
-        sm_enc_heads=2,
-        lg_enc_heads=3,
-        cross_attn_depth=2,
-        cross_attn_heads=2,
-        **SMALL,
+    "different-widths": crossvit_config(
+        dict(image_size=32, num_classes=10, depth=2, cross_attn_depth=2, cross_attn_heads=2, cross_attn_dim_head=16),
+        sm=dict(dim=32, patch_size=8, enc_depth=1, enc_heads=2, enc_mlp_dim=64, enc_dim_head=16),
+        lg=dict(dim=48, patch_size=16, enc_depth=2, enc_heads=3, enc_mlp_dim=96, enc_dim_head=16),
     ),
-    "equal-widths-no-projection": dict(
-        image_size=32,
-        num_classes=5,
-        sm_dim=32,
-        lg_dim=32,
-        sm_patch_size=4,
-        lg_patch_size=8,
-        depth=1,
-        sm_enc_depth=2,
-        lg_enc_depth=1,
-        sm_enc_heads=2,
-        lg_enc_heads=2,
-        cross_attn_depth=1,
-        cross_attn_heads=4,
-        **SMALL,
+    "equal-widths-no-projection": crossvit_config(
+        dict(image_size=32, num_classes=5, depth=1, cross_attn_depth=1, cross_attn_heads=4, cross_attn_dim_head=16),
+        sm=dict(dim=32, patch_size=4, enc_depth=2, enc_heads=2, enc_mlp_dim=64, enc_dim_head=16),
+        lg=dict(dim=32, patch_size=8, enc_depth=1, enc_heads=2, enc_mlp_dim=96, enc_dim_head=16),
     ),
-    "reference-defaults-scaled-down": dict(
-        image_size=48,
-        num_classes=7,
-        sm_dim=24,
-        lg_dim=40,
-        dropout=0.1,
-        emb_dropout=0.1,
-        sm_enc_mlp_dim=48,
-        lg_enc_mlp_dim=80,
-        sm_enc_dim_head=8,
-        lg_enc_dim_head=8,
-        cross_attn_dim_head=8,
-    ),  # sm_patch_size=12, lg_patch_size=16, depth=3, 1+4 encoder blocks, 2 cross layers, 8 heads: the defaults
-    "one-channel-wide-heads": dict(
-        image_size=24,
-        num_classes=3,
-        sm_dim=16,
-        lg_dim=64,
-        sm_patch_size=6,
-        lg_patch_size=12,
-        depth=2,
-        sm_enc_depth=1,
-        lg_enc_depth=1,
-        sm_enc_heads=1,
-        lg_enc_heads=4,
-        sm_enc_mlp_dim=32,
-        lg_enc_mlp_dim=32,
-        sm_enc_dim_head=16,
-        lg_enc_dim_head=24,
-        cross_attn_depth=1,
-        cross_attn_heads=3,
-        cross_attn_dim_head=20,
-        channels=1,
+    # sm_patch_size=12, lg_patch_size=16, depth=3, 1+4 encoder blocks, 2 cross layers, 8 heads: the defaults.
+    "reference-defaults-scaled-down": crossvit_config(
+        dict(image_size=48, num_classes=7, dropout=0.1, emb_dropout=0.1, cross_attn_dim_head=8),
+        sm=dict(dim=24, enc_mlp_dim=48, enc_dim_head=8),
+        lg=dict(dim=40, enc_mlp_dim=80, enc_dim_head=8),
     ),
-    "no-cross-attention": dict(
-        image_size=16,
-        num_classes=4,
-        sm_dim=16,
-        lg_dim=24,
-        sm_patch_size=4,
-        lg_patch_size=8,
-        depth=2,
-        sm_enc_depth=1,
-        lg_enc_depth=1,
-        sm_enc_heads=2,
-        lg_enc_heads=2,
-        cross_attn_depth=0,
-        **SMALL,
+    "one-channel-wide-heads": crossvit_config(
+        dict(
+            image_size=24,
+            num_classes=3,
+            channels=1,
+            depth=2,
+            cross_attn_depth=1,
+            cross_attn_heads=3,
+            cross_attn_dim_head=20,
+        ),
+        sm=dict(dim=16, patch_size=6, enc_depth=1, enc_heads=1, enc_mlp_dim=32, enc_dim_head=16),
+        lg=dict(dim=64, patch_size=12, enc_depth=1, enc_heads=4, enc_mlp_dim=32, enc_dim_head=24),
+    ),
+    "no-cross-attention": crossvit_config(
+        dict(image_size=16, num_classes=4, depth=2, cross_attn_depth=0, cross_attn_dim_head=16),
+        sm=dict(dim=16, patch_size=4, enc_depth=1, enc_heads=2, enc_mlp_dim=64, enc_dim_head=16),
+        lg=dict(dim=24, patch_size=8, enc_depth=1, enc_heads=2, enc_mlp_dim=96, enc_dim_head=16),
     ),
 }
-
-SEED_README = dict(
-    image_size=256,
-    num_classes=1000,
-    depth=4,
-    sm_dim=192,
-    sm_patch_size=16,
-    sm_enc_depth=2,
-    sm_enc_heads=8,
-    sm_enc_mlp_dim=2048,
-    lg_dim=384,
-    lg_patch_size=64,
-    lg_enc_depth=3,
-    lg_enc_heads=8,
-    lg_enc_mlp_dim=2048,
-    cross_attn_depth=2,
-    cross_attn_heads=8,
-    dropout=0.1,
-    emb_dropout=0.1,
-)
 
 
 def reference(kwargs, seed=0):
@@ -144,11 +76,23 @@ def nhwc(x):
     return jnp.asarray(x.transpose(0, 2, 3, 1))
 
 
-def pooled_features(model, x):
-    """``pooler_output`` of a classification model, through the core module's ``forward_features``."""
+# The core module runs compiled in these tests: for CrossViT's two branches that costs about half of running
+# it op by op.
+def core_apply(module, model, x):
+    """``module`` (a core ``CrossViT``) applied to the NCHW images ``x`` with the parameters of ``model``."""
+    return jax.jit(module.apply)(model.module_params(), nhwc(x))
+
+
+def core_logits_and_pooled_features(model, x):
+    """The logits of the core module built from ``model``'s config, and its ``forward_features``' pooler_output,
+    with ``model``'s parameters: one compiled program."""
     module = CrossViT(**model.config.to_module_kwargs())
-    variables = model.module_params()
-    return module.apply(variables, nhwc(x), method=CrossViT.forward_features).pooler_output
+
+    def both(variables, images):
+        features = module.apply(variables, images, method=CrossViT.forward_features)
+        return module.apply(variables, images), features.pooler_output
+
+    return jax.jit(both)(model.module_params(), nhwc(x))
 
 
 # -- Part A: vit-pytorch ------------------------------------------------------------------------------------
@@ -167,7 +111,7 @@ def test_parity_with_vit_pytorch(name):
     assert_parity(model(x).logits, expected)
 
     # The core module holds the same parameters and computes the same function (NHWC in).
-    logits = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
+    logits = core_apply(CrossViT(**kwargs), model, x)
     assert_parity(logits, expected)
 
 
@@ -195,53 +139,8 @@ def test_headless_vit_pytorch_gives_base_model_with_class_tokens():
     assert max_abs_diff(out.pooler_output, expected_pooled) <= 1e-5
     assert max_abs_diff(out.last_hidden_state, sm.numpy()) <= 1e-5
     # The core module without heads returns the pooled features.
-    pooled = CrossViT(**kwargs).apply(model.module_params(), nhwc(x))
+    pooled = core_apply(CrossViT(**kwargs), model, x)
     np.testing.assert_allclose(pooled, out.pooler_output, atol=1e-5)
-
-
-def test_seed_readme_snippet():
-    # The seed README's CrossViT example, with jax.tree.leaves / jax.tree.map for the removed aliases.
-    # Its 55M parameters are traced with jax.eval_shape (as the ViT test does); a scaled-down copy runs for real.
-    key = jax.random.PRNGKey(0)
-    img = jax.random.normal(key, (1, 256, 256, 3))
-    v = CrossViT(**SEED_README)
-    init_rngs = {
-        "params": jax.random.PRNGKey(1),
-        "dropout": jax.random.PRNGKey(2),
-        "emb_dropout": jax.random.PRNGKey(3),
-    }
-    params = jax.eval_shape(v.init, init_rngs, img)
-    output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
-    assert output.shape == (1, 1000)
-    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
-    with torch.device("meta"):
-        torch_count = sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
-    assert n_params_flax == torch_count == 55_180_176
-
-    small = dict(
-        SEED_README,
-        image_size=64,
-        sm_dim=32,
-        lg_dim=48,
-        sm_enc_mlp_dim=64,
-        lg_enc_mlp_dim=64,
-        sm_enc_dim_head=8,
-        lg_enc_dim_head=8,
-        cross_attn_dim_head=8,
-        lg_patch_size=32,
-    )
-    img = jax.random.normal(key, (1, 64, 64, 3))
-    v = CrossViT(**small)
-    params = v.init(init_rngs, img)
-    output = v.apply(params, img, rngs=init_rngs)
-    assert output.shape == (1, 1000) and bool(jnp.all(jnp.isfinite(output)))
-
-
-def test_parameter_count_matches_vit_pytorch():
-    model = FlaxCrossViTForImageClassification(CrossViTConfig(**SEED_README), _do_init=False)
-    count = sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree))
-    with torch.device("meta"):
-        assert count == sum(p.numel() for p in ReferenceCrossViT(**SEED_README).parameters())
 
 
 @pytest.mark.parametrize(
@@ -331,12 +230,12 @@ def test_parity_with_timm(name):
     assert model.config.style == "timm"
     expected = torch_logits(torch_model, x)
     assert_parity(model(x).logits, expected)
-    logits = CrossViT(**model.config.to_module_kwargs()).apply(model.module_params(), nhwc(x))
+    logits, pooled = core_logits_and_pooled_features(model, x)
     assert_parity(logits, expected)
     # pooler_output is timm's pre_logits: both branches' (normed) class tokens, concatenated.
     with torch.inference_mode():
         pre_logits = torch_model.forward_head(torch_model.forward_features(torch.from_numpy(x)), pre_logits=True)
-    assert max_abs_diff(pooled_features(model, x), pre_logits.numpy()) <= 1e-5
+    assert max_abs_diff(pooled, pre_logits.numpy()) <= 1e-5
 
 
 def test_parity_with_registered_timm_architecture_at_reduced_size():

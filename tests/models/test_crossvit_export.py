@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import timm
-import torch
 from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 import hf_vit_flax
@@ -18,7 +17,16 @@ from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.crossvit import convert_crossvit
 from hf_vit_flax.models.crossvit.convert_crossvit import timm_architecture, vit_pytorch_kwargs
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import (
+    CROSSVIT_DIFFERENT_WIDTHS,
+    assert_parity,
+    assert_same_state,
+    crossvit_config,
+    images,
+    randomize_,
+    timm_export_loaded,
+    torch_logits,
+)
 
 TIMM = {
     # timm's registered layout (one un-nested fusion block per branch) and its 240 -> 224 second branch, at 120.
@@ -46,63 +54,23 @@ TIMM = {
     ),
 }
 
-SMALL = dict(sm_enc_mlp_dim=32, lg_enc_mlp_dim=48, sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8)
-DIFFERENT_WIDTHS = dict(
-    SMALL,
-    image_size=32,
-    num_classes=5,
-    sm_dim=16,
-    lg_dim=24,
-    sm_patch_size=8,
-    lg_patch_size=16,
-    depth=2,
-    lg_enc_depth=2,
-    sm_enc_heads=2,
-    lg_enc_heads=3,
-    cross_attn_heads=2,
-)
 VIT_PYTORCH = {
-    "different-widths": DIFFERENT_WIDTHS,
+    "different-widths": CROSSVIT_DIFFERENT_WIDTHS,
     # Equal widths (no projections), no heads: vit-pytorch keeps a LayerNorm and an empty Linear per branch.
     "equal-widths-headless": dict(
-        DIFFERENT_WIDTHS, num_classes=0, lg_dim=16, depth=1, sm_enc_depth=2, lg_enc_depth=1, cross_attn_depth=1
+        CROSSVIT_DIFFERENT_WIDTHS, num_classes=0, lg_dim=16, depth=1, sm_enc_depth=2, lg_enc_depth=1, cross_attn_depth=1
     ),
 }
 
 # A small CrossViT with timm's options, and one with vit-pytorch's (TIMM_CONFIG's sizes).
-TIMM_CONFIG = dict(
-    style="timm",
-    image_size=48,
-    num_classes=3,
-    sm_dim=24,
-    lg_dim=48,
-    sm_patch_size=12,
-    lg_patch_size=16,
-    sm_enc_depth=1,
-    lg_enc_depth=1,
-    sm_enc_heads=2,
-    lg_enc_heads=4,
-    sm_enc_dim_head=12,
-    lg_enc_dim_head=12,
-    sm_enc_mlp_dim=48,
-    lg_enc_mlp_dim=96,
-    cross_attn_depth=1,
-    depth=1,
-    qkv_bias=True,
-    layer_norm_eps=1e-6,
+TIMM_CONFIG = crossvit_config(
+    dict(style="timm", image_size=48, num_classes=3, depth=1, cross_attn_depth=1, qkv_bias=True, layer_norm_eps=1e-6),
+    sm=dict(dim=24, patch_size=12, enc_depth=1, enc_heads=2, enc_dim_head=12, enc_mlp_dim=48),
+    lg=dict(dim=48, patch_size=16, enc_depth=1, enc_heads=4, enc_dim_head=12, enc_mlp_dim=96),
 )
 VIT_PYTORCH_CONFIG = dict(
     TIMM_CONFIG, style="vit_pytorch", qkv_bias=False, layer_norm_eps=1e-5, cross_attn_heads=2, cross_attn_dim_head=8
 )
-
-
-def assert_same_state(loaded: torch.nn.Module, original: torch.nn.Module, unused: tuple[str, ...] = ()) -> None:
-    got, want = to_numpy(loaded.state_dict()), to_numpy(original.state_dict())
-    assert sorted(got) == sorted(want)
-    for key in want:
-        if not key.startswith(unused):
-            assert got[key].dtype == want[key].dtype, key
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)  # bit for bit
 
 
 def outputs(model, pixels: np.ndarray) -> np.ndarray:
@@ -125,11 +93,7 @@ def test_the_crossvit_family_exports_both_ways():
 @pytest.mark.parametrize("name", TIMM)
 def test_timm_loads_the_export(name, tmp_path):
     arch, kwargs = TIMM[name]
-    original = randomize_(timm.create_model(arch, pretrained=False, **kwargs), seed=3).eval()
-    model = hf_vit_flax.from_timm(original)
-    hf_vit_flax.export(model, "timm", tmp_path)
-    loaded = timm.create_model(f"local-dir:{tmp_path}", pretrained=True).eval()
-    assert_same_state(loaded, original)
+    original, model, loaded = timm_export_loaded(arch, kwargs, tmp_path, seed=3)
     assert loaded.img_size_scaled == original.img_size_scaled
     assert all(a.eps == b.eps == 1e-6 for a, b in zip(loaded.norm, original.norm, strict=True))
     pixels = images(2, *model.config.image_size_hw, seed=4)
@@ -199,7 +163,7 @@ def test_what_timm_cannot_express_is_refused(changes, match):
 
 
 def test_export_timm_refuses_a_vit_pytorch_crossvit(tmp_path):
-    model = hf_vit_flax.from_vit_pytorch(ReferenceCrossViT(**DIFFERENT_WIDTHS))
+    model = hf_vit_flax.from_vit_pytorch(ReferenceCrossViT(**CROSSVIT_DIFFERENT_WIDTHS))
     with pytest.raises(NotImplementedError, match="cannot be written as a timm CrossVit: patch_embedding="):
         hf_vit_flax.export(model, "timm", tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -241,7 +205,7 @@ def vit_pytorch_defaults() -> dict:
 def test_a_crossvit_used_on_non_square_images(tmp_path):
     # vit-pytorch's CrossViT takes one int image_size, which only sets each branch's number of patches: one built
     # with 64 (8x8 and 4x4 patches) takes 32x128 images (4x16 and 2x8) as they are.
-    kwargs = dict(DIFFERENT_WIDTHS, image_size=64)
+    kwargs = dict(CROSSVIT_DIFFERENT_WIDTHS, image_size=64)
     original = randomize_(ReferenceCrossViT(**kwargs), seed=7).eval()
     assert hf_vit_flax.from_vit_pytorch(original).config.image_size == 64
     model = hf_vit_flax.from_vit_pytorch(original, image_size=(32, 128))

@@ -1,7 +1,8 @@
 """CrossViT's weight tables both ways, its named options and presets, and checkpoints of the ``style`` era.
 
-Export round trips: a random-weight vit-pytorch ``CrossViT`` / timm ``CrossVit`` -> Flax -> exported back ->
-``load_state_dict(strict=True)`` into a fresh PyTorch model gives the same tensors bit for bit and the same logits.
+Export round trips: a random-weight timm ``CrossVit`` -> Flax -> exported back -> ``load_state_dict(strict=True)``
+into a fresh PyTorch model gives the same tensors bit for bit and the same logits (vit-pytorch's round trip goes
+through the exported folder, in test_crossvit_export.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 import timm
 import torch
 from timm.models.crossvit import CrossVit
-from vit_pytorch.cross_vit import CrossViT as ReferenceCrossViT
 
 from hf_vit_flax import (
     CrossViT,
@@ -28,48 +28,21 @@ from hf_vit_flax.conversion_utils import to_numpy
 from hf_vit_flax.models.crossvit.configuration_crossvit import PRESETS
 from hf_vit_flax.models.crossvit.convert_crossvit import (
     config_from_timm,
-    config_from_vit_pytorch,
     convert_timm,
-    convert_vit_pytorch,
     export_timm,
-    export_vit_pytorch,
     timm_table,
     vit_pytorch_table,
 )
 from hf_vit_flax.weight_tables import Entry
-from tests.helpers import TINY_CONFIGS, assert_parity, images, randomize_, torch_logits
+from tests.helpers import CROSSVIT_DIFFERENT_WIDTHS, TINY_CONFIGS, assert_parity, images, randomize_, torch_logits
 
 LEGACY = Path(__file__).resolve().parent.parent / "fixtures" / "crossvit_legacy"
 
-SMALL = dict(sm_enc_mlp_dim=32, lg_enc_mlp_dim=48, sm_enc_dim_head=8, lg_enc_dim_head=8, cross_attn_dim_head=8)
-# Different widths: the cross attention's Linear projections in and out.
-DIFFERENT_WIDTHS = dict(
-    SMALL,
-    image_size=32,
-    num_classes=5,
-    sm_dim=16,
-    lg_dim=24,
-    sm_patch_size=8,
-    lg_patch_size=16,
-    depth=2,
-    lg_enc_depth=2,
-    sm_enc_heads=2,
-    lg_enc_heads=3,
-    cross_attn_heads=2,
-)
-VIT_PYTORCH = {
-    "different-widths": DIFFERENT_WIDTHS,
-    # Equal widths (no projections), no heads: vit-pytorch keeps a LayerNorm and an empty Linear per branch.
-    "equal-widths-headless": dict(
-        DIFFERENT_WIDTHS, num_classes=0, lg_dim=16, depth=1, sm_enc_depth=2, lg_enc_depth=1, cross_attn_depth=1
-    ),
-}
-
-# timm's registered layout: one un-nested fusion block per branch (depth[-1] == 0).
+# timm's registered layout: one un-nested fusion block per branch (depth[-1] == 0). Its round trip is
+# test_crossvit_export.py's (timm loads the exported folder), its parity test_crossvit.py's.
 SINGLE_FUSION = dict(img_size=48, patch_size=(12, 16), embed_dim=(24, 48), depth=((1, 2, 0), (1, 2, 0)))
 SINGLE_FUSION.update(num_heads=(2, 4), mlp_ratio=(2, 3, 1))
 TIMM = {
-    "single-fusion-block": SINGLE_FUSION,
     # The dagger stems, the large branch resized inside the forward, three nested fusion blocks, avg pooling.
     "dagger-nested-fusion": dict(
         SINGLE_FUSION, img_scale=(1.0, 32 / 48), depth=((1, 1, 3),), multi_conv=True, global_pool="avg"
@@ -81,18 +54,15 @@ TIMM = {
 }
 
 
-def assert_same_tensors(
-    exported: dict[str, np.ndarray], reference: torch.nn.Module, seed: int, unused: tuple[str, ...] = ()
-) -> torch.nn.Module:
+def assert_same_tensors(exported: dict[str, np.ndarray], reference: torch.nn.Module, seed: int) -> torch.nn.Module:
     """``exported`` loads strictly into a fresh copy of ``reference`` (other random weights) and gives back
-    every tensor of ``reference`` bit for bit (but those under the prefixes ``unused``); returns the copy."""
+    every tensor of ``reference`` bit for bit; returns the copy."""
     fresh = randomize_(type(reference)(**reference.init_kwargs), seed=seed)
     fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in exported.items()}, strict=True)
     original, loaded = reference.state_dict(), fresh.state_dict()
     assert loaded.keys() == original.keys()
     for key, tensor in original.items():
-        if not key.startswith(unused):
-            assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
     return fresh.eval()
 
 
@@ -105,28 +75,8 @@ def built(cls, **kwargs):
 # -- vit-pytorch ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", VIT_PYTORCH)
-def test_vit_pytorch_weights_round_trip(name):
-    kwargs = VIT_PYTORCH[name]
-    reference = randomize_(built(ReferenceCrossViT, **kwargs), seed=1)
-    config = config_from_vit_pytorch(reference)
-    params = convert_vit_pytorch(to_numpy(reference.state_dict()), config)
-    model_class = FlaxCrossViTForImageClassification if config.num_labels else None
-    x = images(2, kwargs["image_size"], kwargs["image_size"])
-    if model_class is not None:  # the converted model computes vit-pytorch's function
-        model = model_class.from_params(config, params)
-        assert_parity(model(x).logits, torch_logits(reference, x))
-        params = model.module_params()["params"]
-    # Without classes, vit-pytorch's head LayerNorms feed Linear layers with no outputs: they compute nothing,
-    # are not converted, and are exported as identities.
-    unused = ("sm_mlp_head.0.", "lg_mlp_head.0.") if not config.num_labels else ()
-    fresh = assert_same_tensors(export_vit_pytorch(params, config), reference, seed=2, unused=unused)
-    with torch.inference_mode():
-        np.testing.assert_array_equal(fresh(torch.from_numpy(x)).numpy(), reference(torch.from_numpy(x)).numpy())
-
-
 def test_vit_pytorch_table_reads_as_a_rename_list():
-    config = CrossViTConfig(**VIT_PYTORCH["different-widths"])
+    config = CrossViTConfig(**CROSSVIT_DIFFERENT_WIDTHS)
     table = vit_pytorch_table(config)
     assert all(isinstance(e, Entry) for e in table)
     rows = {e.torch: e.flax for e in table}

@@ -1,6 +1,5 @@
-"""ViT: parity with vit-pytorch's ViT, the seed README snippet, the HF wrappers."""
+"""ViT: parity with vit-pytorch's ViT, the HF wrappers."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -67,41 +66,6 @@ def test_headless_returns_normed_tokens_like_vit_pytorch():
     assert tokens.shape == expected.shape == (2, 17, 64)
     np.testing.assert_allclose(tokens, expected, atol=1e-5)
     np.testing.assert_allclose(model(x).last_hidden_state, expected, atol=1e-5)
-
-
-def test_seed_readme_snippet():
-    # The seed README's ViT example, with jax.tree.leaves / jax.tree.map for the removed aliases.
-    key = jax.random.PRNGKey(0)
-    img = jax.random.normal(key, (1, 256, 256, 3))
-    v = ViT(
-        image_size=256,
-        patch_size=32,
-        num_classes=1000,
-        dim=1024,
-        depth=6,
-        heads=16,
-        mlp_dim=2048,
-        dropout=0.1,
-        emb_dropout=0.1,
-    )
-    init_rngs = {
-        "params": jax.random.PRNGKey(1),
-        "dropout": jax.random.PRNGKey(2),
-        "emb_dropout": jax.random.PRNGKey(3),
-    }
-    params = jax.eval_shape(v.init, init_rngs, img)
-    output = jax.eval_shape(lambda p: v.apply(p, img, rngs=init_rngs), params)
-    assert output.shape == (1, 1000)
-    n_params_flax = sum(jax.tree.leaves(jax.tree.map(lambda x: np.prod(x.shape), params)))
-    assert n_params_flax == 54_630_376
-
-
-def test_parameter_count_matches_vit_pytorch():
-    kwargs = dict(image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048)
-    torch_count = sum(p.numel() for p in vit_pytorch.vit.ViT(**kwargs).parameters())
-    model = FlaxViTForImageClassification(ViTConfig(**kwargs), _do_init=False)
-    assert torch_count == 54_630_376
-    assert sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree)) == torch_count
 
 
 @pytest.mark.parametrize(

@@ -193,87 +193,29 @@ ENTRIES: list[Entry] = [
 
 
 def to_transformers_flax_vit(ours):
-    """transformers' ``FlaxViTForImageClassification`` holding the weights of our timm-style ViT.
+    """transformers' ``FlaxViTForImageClassification`` holding the weights of our ViT.
 
-    Our fused ``qkv`` kernel ``(dim, 3 * heads * dim_head)`` splits into its ``query``, ``key`` and
-    ``value`` kernels; every other tensor keeps its layout (both are Flax).
+    The package's transformers-format export (the config and checkpoint names transformers' PyTorch
+    ``ViTForImageClassification`` reads) loaded the way transformers loads a PyTorch checkpoint into its
+    Flax class; a ViT that transformers cannot express is skipped with the exporter's reason.
     """
     import jax
     import jax.numpy as jnp
-    from flax.core.frozen_dict import unfreeze
-    from transformers import FlaxViTForImageClassification as HFFlaxViT
-    from transformers import ViTConfig as HFViTConfig
+    import transformers
+    from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
-    from hf_vit_flax.conversion_utils import check_tree
+    from hf_vit_flax.models.vit.convert_transformers import config_to_transformers, export_transformers
 
-    cfg = ours.config
-    original_vit = dict(
-        patch_embedding="conv",
-        qkv_bias=True,
-        pool="cls",
-        reg_tokens=0,
-        distilled=False,
-        no_embed_class=False,
-        pre_norm=False,
-        final_norm=True,
-        fc_norm=False,
-        layer_scale_init=None,
-        mlp_activation="gelu",
-    )
-    if (
-        cfg.class_token is False
-        or cfg.heads * cfg.dim_head != cfg.dim
-        or any(getattr(cfg, name) != value for name, value in original_vit.items())
-    ):
-        raise Skip("transformers' FlaxViT expresses timm's original ViT only (conv patches, qkv bias, class token)")
-    hf_config = HFViTConfig(
-        hidden_size=cfg.dim,
-        num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.heads,
-        intermediate_size=cfg.mlp_dim,
-        hidden_act="gelu",
-        layer_norm_eps=cfg.layer_norm_eps,
-        image_size=cfg.image_size,
-        patch_size=cfg.patch_size,
-        num_channels=cfg.channels,
-        qkv_bias=True,
-        num_labels=cfg.num_labels,
-    )
-    p = ours.module_params()["params"]
-    dim = cfg.dim
-    layers = {}
-    for i in range(cfg.depth):
-        b = p["transformer"][f"blocks_{i}"]
-        qkv_k, qkv_b = b["attn"]["qkv"]["kernel"], b["attn"]["qkv"]["bias"]
-        layers[str(i)] = {
-            "attention": {
-                "attention": {
-                    name: {"kernel": qkv_k[:, j * dim : (j + 1) * dim], "bias": qkv_b[j * dim : (j + 1) * dim]}
-                    for j, name in enumerate(("query", "key", "value"))
-                },
-                "output": {"dense": b["attn"]["proj"]},
-            },
-            "intermediate": {"dense": b["mlp"]["fc1"]},
-            "output": {"dense": b["mlp"]["fc2"]},
-            "layernorm_before": b["norm1"],
-            "layernorm_after": b["norm2"],
-        }
-    params = {
-        "vit": {
-            "embeddings": {
-                "cls_token": p["cls_token"][None],
-                "position_embeddings": p["pos_embedding"][None],
-                "patch_embeddings": {"projection": p["patch_embed"]["proj"]},
-            },
-            "encoder": {"layer": layers},
-            "layernorm": p["transformer"]["norm"],
-        },
-        "classifier": p["head"],
-    }
-    model = HFFlaxViT(hf_config, _do_init=False, dtype=ours.dtype)
-    params = check_tree(params, unfreeze(model.params_shape_tree), "transformers FlaxViTForImageClassification")
-    model._is_initialized = True  # as transformers' from_pretrained does once it holds the weights
-    model.params = jax.tree.map(jnp.asarray, params)
+    try:
+        hf_config = config_to_transformers(ours.config)
+    except NotImplementedError as err:
+        raise Skip(str(err)) from err
+    if hf_config.pop("architectures") != ["ViTForImageClassification"]:
+        raise Skip("transformers' FlaxViT has a ViTForImageClassification only (no DeiT or headless class)")
+    hf_config.pop("model_type")
+    model = transformers.FlaxViTForImageClassification(transformers.ViTConfig(**hf_config), dtype=ours.dtype)
+    state_dict = export_transformers(jax.device_get(ours.module_params()["params"]), ours.config)
+    model.params = jax.tree.map(jnp.asarray, convert_pytorch_state_dict_to_flax(state_dict, model))
     return model
 
 

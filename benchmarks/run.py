@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.readme_examples import seed_readme_examples, without_dropout
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -137,39 +139,8 @@ def hf_flax_entry(key, model, arch, image_size, quick=False) -> Entry:
     return Entry(key, model, f"transformers FlaxViT ({arch})", "hf_flax", build, image_size, quick=quick, train=False)
 
 
-# vit-pytorch's README configurations (the seed API), dropout off: eval-mode parity and a deterministic step.
-SEED_VIT = dict(image_size=256, patch_size=32, num_classes=1000, dim=1024, depth=6, heads=16, mlp_dim=2048)
-SEED_CAIT = dict(
-    image_size=256,
-    patch_size=32,
-    num_classes=1000,
-    dim=1024,
-    depth=12,
-    cls_depth=2,
-    heads=16,
-    mlp_dim=2048,
-    layer_dropout=0.0,
-)
-SEED_CROSSVIT = dict(
-    image_size=256,
-    num_classes=1000,
-    depth=4,
-    sm_dim=192,
-    sm_patch_size=16,
-    sm_enc_depth=2,
-    sm_enc_heads=8,
-    sm_enc_mlp_dim=2048,
-    lg_dim=384,
-    lg_patch_size=64,
-    lg_enc_depth=3,
-    lg_enc_heads=8,
-    lg_enc_mlp_dim=2048,
-    cross_attn_depth=2,
-    cross_attn_heads=8,
-)
-SEED_CROSSFORMER = dict(
-    num_classes=1000, dim=(64, 128, 256, 512), depth=(2, 2, 8, 2), global_window_size=(8, 4, 2, 1), local_window_size=7
-)
+# The README's seed-style examples (vit-pytorch's configurations), dropout off.
+SEED = {name: without_dropout(kwargs) for name, kwargs in seed_readme_examples().items()}
 
 ENTRIES: list[Entry] = [
     timm_entry("vit_ti16", "ViT-Ti/16", "vit_tiny_patch16_224", 224, quick=True, compile=True),
@@ -180,11 +151,11 @@ ENTRIES: list[Entry] = [
     timm_entry("deit_s16_dist", "DeiT-S/16 distilled", "deit_small_distilled_patch16_224", 224, train=False),
     timm_entry("cait_xxs24", "CaiT-XXS24", "cait_xxs24_224", 224, quick=True, compile=True),
     timm_entry("crossvit_ti", "CrossViT-Ti", "crossvit_tiny_240", 240, quick=True, compile=True),
-    vit_pytorch_entry("seed_vit", "ViT (seed config)", "vit_pytorch.vit.ViT", SEED_VIT, quick=True),
-    vit_pytorch_entry("seed_cait", "CaiT (seed config)", "vit_pytorch.cait.CaiT", SEED_CAIT),
-    vit_pytorch_entry("seed_crossvit", "CrossViT (seed config)", "vit_pytorch.cross_vit.CrossViT", SEED_CROSSVIT),
+    vit_pytorch_entry("seed_vit", "ViT (seed config)", "vit_pytorch.vit.ViT", SEED["ViT"], quick=True),
+    vit_pytorch_entry("seed_cait", "CaiT (seed config)", "vit_pytorch.cait.CaiT", SEED["CaiT"]),
+    vit_pytorch_entry("seed_crossvit", "CrossViT (seed config)", "vit_pytorch.cross_vit.CrossViT", SEED["CrossViT"]),
     vit_pytorch_entry(
-        "seed_crossformer", "CrossFormer (seed config)", "vit_pytorch.crossformer.CrossFormer", SEED_CROSSFORMER
+        "seed_crossformer", "CrossFormer (seed config)", "vit_pytorch.crossformer.CrossFormer", SEED["CrossFormer"]
     ),
 ]
 

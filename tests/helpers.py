@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import ast
-import re
-from pathlib import Path
-
 import numpy as np
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from benchmarks.readme_examples import README, seed_readme_examples  # noqa: F401 (re-exported for the tests)
 
 PARITY_ATOL = 1e-5
 
@@ -161,13 +157,3 @@ def assert_parity(ours, reference, atol: float = PARITY_ATOL):
 def images(batch: int, height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
     """NCHW float32 test images."""
     return np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(np.float32)
-
-
-def seed_readme_examples() -> dict[str, dict]:
-    """The README's seed-style examples, ``v = <Module>(...)``: the keyword arguments, by module name, as written."""
-    examples = {}
-    for block in re.findall(r"```python\n(.*?)```", README.read_text(), re.S):
-        for node in ast.walk(ast.parse(block)):
-            if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["v"]:
-                examples[node.value.func.id] = {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords}
-    return examples

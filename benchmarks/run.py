@@ -172,7 +172,7 @@ def to_transformers_flax_vit(ours):
     """
     import jax
     import jax.numpy as jnp
-    import transformers
+    from transformers import FlaxViTForImageClassification, ViTConfig
     from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
 
     from hf_vit_flax.models.vit.convert_transformers import config_to_transformers, export_transformers
@@ -184,7 +184,7 @@ def to_transformers_flax_vit(ours):
     if hf_config.pop("architectures") != ["ViTForImageClassification"]:
         raise Skip("transformers' FlaxViT has a ViTForImageClassification only (no DeiT or headless class)")
     hf_config.pop("model_type")
-    model = transformers.FlaxViTForImageClassification(transformers.ViTConfig(**hf_config), dtype=ours.dtype)
+    model = FlaxViTForImageClassification(ViTConfig(**hf_config), dtype=ours.dtype)
     state_dict = export_transformers(jax.device_get(ours.module_params()["params"]), ours.config)
     model.params = jax.tree.map(jnp.asarray, convert_pytorch_state_dict_to_flax(state_dict, model))
     return model

@@ -19,7 +19,7 @@ from hf_vit_flax import (
     FlaxCrossFormerForImageClassification,
 )
 from hf_vit_flax.conversion_utils import check_tree
-from hf_vit_flax.models.crossformer.convert_crossformer import convert_original
+from hf_vit_flax.models.crossformer.convert_crossformer import check_original_options, convert_original
 from hf_vit_flax.variants import variant_names
 from tests.helpers import assert_parity, images, max_abs_diff, randomize_, torch_logits
 
@@ -269,7 +269,9 @@ def test_presets():
         "crossformer-l",
     }
     config = CrossFormerConfig.from_preset("crossformer-b", num_classes=10)
-    assert config.style == "original" and config.num_classes == 10 and config.depth == [2, 2, 18, 2]
+    assert config.num_classes == 10 and config.depth == [2, 2, 18, 2]
+    # The released models' configs write the original release's options out instead of naming its preset.
+    assert config.style is None and check_original_options(config)["position_bias_reduction"] == 16
     assert config.image_processor_kwargs()["image_mean"] == [0.485, 0.456, 0.406]
     with pytest.raises(ValueError, match=r"unknown CrossFormer preset 'crossformer-xl'; available: \['crossformer-b'"):
         CrossFormerConfig.from_preset("crossformer-xl")

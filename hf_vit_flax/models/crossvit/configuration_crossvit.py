@@ -306,8 +306,8 @@ class CrossViTConfig(VisionTransformerConfig):
         head_combine: str | None = None,
         **kwargs,
     ):
-        self.set_options(locals())
-        self.set_options(expand_style(locals()))
+        options = locals()
+        self.set_options({**options, **expand_style(options)})
         super().__init__(num_classes=num_classes, **kwargs)
 
     @classmethod

@@ -26,6 +26,7 @@ from hf_vit_flax.layers import (
     Attention,
     AttentionPoolLatent,
     ConvPatchEmbedding,
+    Dense,
     DropPath,
     LayerNorm,
     PatchEmbedding,
@@ -99,6 +100,25 @@ def test_activations_are_torch_activations():
     np.testing.assert_allclose(quick_gelu(x), run_torch(lambda t: t * torch.sigmoid(1.702 * t), x), atol=2e-6)
     # flax's default GELU is the tanh form: the gap the exact one closes.
     assert float(np.max(np.abs(jax.nn.gelu(x) - gelu(x)))) > 1e-4
+
+
+@pytest.mark.parametrize("shape", [(5, 12), (2, 7, 12), (2, 3, 4, 12)])
+def test_dense_is_torch_linear_in_values_and_gradients(shape):
+    """The shared Dense merges the input's leading axes for XLA's sake: the function and its gradients (with
+    respect to the input, the kernel and the bias) are torch.nn.Linear's."""
+    x = rand(*shape)
+    reference = torch.nn.Linear(12, 20)
+    params = read_through(wt.linear("fc", "fc"), reference, "fc")
+    ours = Dense(20)
+    np.testing.assert_allclose(ours.apply(params, x), run_torch(reference, x), atol=1e-5)
+
+    cotangent = rand(*shape[:-1], 20, seed=1)
+    grads = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cotangent), argnums=(0, 1))(params, x)
+    tx = torch.from_numpy(x).requires_grad_()
+    (reference(tx) * torch.from_numpy(cotangent)).sum().backward()
+    np.testing.assert_allclose(grads[1], tx.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(grads[0]["params"]["kernel"], reference.weight.grad.numpy().T, atol=1e-5)
+    np.testing.assert_allclose(grads[0]["params"]["bias"], reference.bias.grad.numpy(), atol=1e-5)
 
 
 # -- attention ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ function (``block_table``, ``patch_embedding_table`` ...) giving its map to the 
 directions (``hf_vit_flax.weight_tables``).
 
 - ``core``: the core-module base class, its outputs, the linear head, input checks
+- ``linear``: the linear layer (``nn.Dense`` whose kernel gradient needs no transposed copy)
 - ``norm``: PyTorch-exact LayerNorm and the norm factory
 - ``attention``: scaled dot-product attention and multi-head self-attention
 - ``mlp``: feed-forward layers, activations and the LayerNorm -> Linear projection
@@ -27,6 +28,7 @@ from .core import (
     check_image,
     pair,
 )
+from .linear import Dense, merged_dot_general
 from .mlp import ACTIVATIONS, FeedForward, NormLinear, gelu, quick_gelu
 from .norm import LayerNorm, NormLayer, layer_norm, norm_factory
 from .patch_embed import (
@@ -62,6 +64,7 @@ __all__ = [
     "AttentionPoolLatent",
     "ConvPatchEmbedding",
     "CoreModule",
+    "Dense",
     "DropPath",
     "Features",
     "FeedForward",
@@ -86,6 +89,7 @@ __all__ = [
     "gradient_barrier",
     "interpolate_pos_embedding",
     "layer_norm",
+    "merged_dot_general",
     "norm_factory",
     "pair",
     "patch_embedding_table",

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .linear import Dense
+
 Dtype = Any
 
 
@@ -114,7 +116,7 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         self.qkv = dense(3 * self.heads * self.dim_head, use_bias=self.qkv_bias)
         self.attn_drop = nn.Dropout(self.dropout)
         if self.project_out:

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .linear import Dense
+
 Dtype = Any
 
 
@@ -116,7 +118,7 @@ class LinearHead(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        self.head = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.head = Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)
 
     def __call__(self, pooled):
         return self.head(pooled)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .linear import Dense
 from .norm import LayerNorm, NormLayer
 
 Dtype = Any
@@ -55,7 +56,7 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, deterministic: bool = True):
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         x = ACTIVATIONS[self.activation](dense(self.hidden_dim, name="fc1")(x))
         x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
         x = dense(self.dim, name="fc2")(x)
@@ -80,4 +81,4 @@ class NormLinear(nn.Module):
         x = self.norm_layer(name="norm")(x)
         if self.activation is not None:
             x = self.activation(x)
-        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)
+        return Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)

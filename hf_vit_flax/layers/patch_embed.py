@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import weight_tables as wt
+from .linear import Dense
 from .norm import LayerNorm, NormLayer
 
 Dtype = Any
@@ -44,7 +45,7 @@ class PatchEmbedding(nn.Module):
     @nn.compact
     def __call__(self, images):
         x = self.norm_layer(name="patch_norm")(patchify(images, self.patch_size))
-        x = nn.Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
+        x = Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
         return self.norm_layer(name="norm")(x)
 
 

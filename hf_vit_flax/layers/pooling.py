@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from .. import weight_tables as wt
 from .attention import attend
+from .linear import Dense
 from .mlp import FeedForward
 from .norm import LayerNorm, NormLayer
 
@@ -36,10 +37,10 @@ class AttentionPoolLatent(nn.Module):
         head_dim = self.dim // self.heads
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         latent = self.param("latent", nn.initializers.normal(self.dim**-0.5), (1, self.dim), self.param_dtype)
-        q = nn.Dense(self.dim, name="q", **kw)(jnp.broadcast_to(latent.astype(x.dtype), (batch, 1, self.dim)))
-        kv = nn.Dense(2 * self.dim, name="kv", **kw)(x).reshape(batch, tokens, 2, self.heads, head_dim)
+        q = Dense(self.dim, name="q", **kw)(jnp.broadcast_to(latent.astype(x.dtype), (batch, 1, self.dim)))
+        kv = Dense(2 * self.dim, name="kv", **kw)(x).reshape(batch, tokens, 2, self.heads, head_dim)
         out, _ = attend(q.reshape(batch, 1, self.heads, head_dim), kv[:, :, 0], kv[:, :, 1], scale=head_dim**-0.5)
-        out = nn.Dense(self.dim, name="proj", **kw)(out.reshape(batch, 1, self.dim))
+        out = Dense(self.dim, name="proj", **kw)(out.reshape(batch, 1, self.dim))
         norm = self.norm_layer(name="norm")
         out = out + FeedForward(self.dim, self.mlp_dim, activation=self.activation, name="mlp", **kw)(norm(out))
         return out[:, 0]

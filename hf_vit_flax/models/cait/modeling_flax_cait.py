@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from ...layers import (
     ConvPatchEmbedding,
     CoreModule,
+    Dense,
     DropPath,
     Features,
     FeedForward,
@@ -149,8 +150,8 @@ class _CaiTAttentionBase(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
-    def _dense(self, features: int, **kwargs) -> nn.Dense:
-        return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
+    def _dense(self, features: int, **kwargs) -> Dense:
+        return Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, **kwargs)
 
     def _setup_output(self) -> None:
         """The head mixings (if any), attention dropout and the output projection (the layers after q, k, v)."""

@@ -50,6 +50,7 @@ import numpy as np
 
 from ...layers import (
     CoreModule,
+    Dense,
     DropPath,
     Features,
     FeedForward,
@@ -159,7 +160,7 @@ class DynamicPositionBias(nn.Module):
     def __call__(self, window: int):
         kw = dict(norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype)
         offsets = jnp.asarray(relative_offsets(window, self.wide_table), self.dtype)
-        x = nn.Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="pos_proj")(offsets)
+        x = Dense(self.width, dtype=self.dtype, param_dtype=self.param_dtype, name="pos_proj")(offsets)
         x = NormLinear(self.width, nn.relu, **kw, name="pos1")(x)
         x = NormLinear(self.width, nn.relu, **kw, name="pos2")(x)
         table = NormLinear(self.out_features, nn.relu, **kw, name="pos3")(x)  # (offsets, out_features)
@@ -183,7 +184,7 @@ class CrossFormerAttention(nn.Module):
     @nn.compact
     def __call__(self, x, window: int, *, deterministic: bool = True, output_attentions: bool = False):
         groups, tokens, _ = x.shape
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         qkv = dense(3 * self.heads * self.dim_head, use_bias=self.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(groups, tokens, 3, self.heads, self.dim_head)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]

@@ -33,6 +33,7 @@ from ... import weight_tables as wt
 from ...layers import (
     ConvPatchEmbedding,
     CoreModule,
+    Dense,
     DropPath,
     Features,
     LayerNorm,
@@ -146,7 +147,7 @@ class CrossAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         inner = self.heads * self.dim_head
         self.norm = self.norm_layer()
         self.q = dense(inner, use_bias=self.qkv_bias)
@@ -194,8 +195,8 @@ class ProjectedCrossAttention(nn.Module):
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.dim != self.context_dim:
-            self.project_in = nn.Dense(self.context_dim, **kw)
-            self.project_out = nn.Dense(self.dim, **kw)
+            self.project_in = Dense(self.context_dim, **kw)
+            self.project_out = Dense(self.dim, **kw)
         self.attn = CrossAttention(
             self.context_dim,
             self.heads,
@@ -236,8 +237,8 @@ class CrossViTHead(nn.Module):
             self.sm_head = NormLinear(self.num_classes, norm_layer=self.norm_layer, **kw)
             self.lg_head = NormLinear(self.num_classes, norm_layer=self.norm_layer, **kw)
         else:
-            self.sm_head = nn.Dense(self.num_classes, **kw)
-            self.lg_head = nn.Dense(self.num_classes, **kw)
+            self.sm_head = Dense(self.num_classes, **kw)
+            self.lg_head = Dense(self.num_classes, **kw)
 
     def __call__(self, pooled):
         logits = self.sm_head(pooled[..., : self.sm_dim]) + self.lg_head(pooled[..., self.sm_dim :])

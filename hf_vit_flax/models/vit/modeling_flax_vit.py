@@ -25,6 +25,7 @@ from ...layers import (
     AttentionPoolLatent,
     ConvPatchEmbedding,
     CoreModule,
+    Dense,
     Features,
     PatchEmbedding,
     Transformer,
@@ -50,9 +51,9 @@ class ViTHead(nn.Module):
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.head = nn.Dense(self.num_classes, **kw)
+        self.head = Dense(self.num_classes, **kw)
         if self.distilled:
-            self.head_dist = nn.Dense(self.num_classes, **kw)
+            self.head_dist = Dense(self.num_classes, **kw)
 
     def __call__(self, pooled):
         if self.distilled:  # DeiT: the mean of the class-token and distillation-token heads
@@ -169,7 +170,7 @@ class ViT(CoreModule):
         if self.final_norm and self.fc_norm:
             self.fc_norm_layer = norm_layer(name="fc_norm")
         if self.pooler:
-            self.pooler_layer = nn.Dense(self.dim, name="pooler", **kw)
+            self.pooler_layer = Dense(self.dim, name="pooler", **kw)
         self.head_drop = nn.Dropout(self.head_dropout)
         self.setup_head()
 

@@ -18,6 +18,14 @@ os.environ.setdefault(
 # jax's least-recently-used eviction rescans the whole folder on every write (delete the folder instead).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The suite's models are tiny: compiling them costs far more than running them, and LLVM's optimisation
+# passes are a large part of compiling (~25% of the parity tests' time on 2 cores). The tests check values,
+# which the optimisation level does not change; the benchmark measures speed with XLA's defaults.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# The test workers (one per core) and the processes they start share the cores: PyTorch's OpenMP threads,
+# which spin while they wait, would oversubscribe them (one thread each: ~12% less wall time on 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 import pytest  # noqa: E402

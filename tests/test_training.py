@@ -72,7 +72,7 @@ def run_script(code: str, devices: int = 1, env: dict | None = None, **kwargs) -
         **os.environ,
         "PYTHONPATH": str(REPO),
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
         **(env or {}),
     }
     return subprocess.Popen([sys.executable, "-c", code], env=environ, cwd=str(REPO), **kwargs)

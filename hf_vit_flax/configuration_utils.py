@@ -119,6 +119,16 @@ def one_of(*choices: str) -> Callable[[str, Any], None]:
     return check_choice
 
 
+def presets(names: tuple[str, ...], **options: tuple) -> dict[str, dict[str, Any]]:
+    """Named presets of options from a table with one row per option and one column per preset: each row
+    reads as how the references differ in that option. ``presets(("a", "b"), x=(1, 2))`` is
+    ``{"a": {"x": 1}, "b": {"x": 2}}``."""
+    for name, values in options.items():
+        if len(values) != len(names):
+            raise ValueError(f"option {name} has {len(values)} values for the {len(names)} presets {names}")
+    return {preset: {name: values[i] for name, values in options.items()} for i, preset in enumerate(names)}
+
+
 def check_positive(**values: int) -> None:
     for name, value in values.items():
         positive_int(name, value)

@@ -119,6 +119,16 @@ def one_of(*choices: str) -> Callable[[str, Any], None]:
     return check_choice
 
 
+def presets(names: tuple[str, ...], **options: tuple) -> dict[str, dict[str, Any]]:
+    """Named presets of options from a table with one row per option and one column per preset: each row
+    reads as how the references differ in that option. ``presets(("a", "b"), x=(1, 2))`` is
+    ``{"a": {"x": 1}, "b": {"x": 2}}``."""
+    for name, values in options.items():
+        if len(values) != len(names):
+            raise ValueError(f"option {name} has {len(values)} values for the {len(names)} presets {names}")
+    return {preset: {name: values[i] for name, values in options.items()} for i, preset in enumerate(names)}
+
+
 def check_positive(**values: int) -> None:
     for name, value in values.items():
         positive_int(name, value)
@@ -326,19 +336,23 @@ def size_limit(variable: str, default: int) -> int:
 def check_model_size(config: VisionTransformerConfig) -> None:
     """Refuse a model that cannot be built: more parameters or layers than the limits (see the module docstring)."""
     family = config.family_name
-    layers, max_layers = config.num_layers(), size_limit(MAX_LAYERS_VARIABLE, DEFAULT_MAX_LAYERS)
-    if layers > max_layers:
+    layers = config.num_layers()
+    what = f"this {family} config has {layers:,} layers"
+    why = " (each layer is traced and compiled on its own)"
+    refuse_over_limit(layers, MAX_LAYERS_VARIABLE, DEFAULT_MAX_LAYERS, what, "the depth fields", why)
+    params = config.estimate_num_parameters()
+    what = f"this {family} config would have about {params:,} parameters ({4 * params / 1e9:,.1f} GB in float32)"
+    fields = "the widths, depths and the image / patch sizes"
+    refuse_over_limit(params, MAX_PARAMETERS_VARIABLE, DEFAULT_MAX_PARAMETERS, what, fields)
+
+
+def refuse_over_limit(count: int, variable: str, default: int, what: str, fields: str, why: str = "") -> None:
+    """Raise ValueError when ``count`` is over the limit set by ``variable`` (else ``default``): ``what`` was
+    counted, ``why`` there is a limit, which ``fields`` to check, and how to raise the limit."""
+    limit = size_limit(variable, default)
+    if count > limit:
         raise ValueError(
-            f"this {family} config has {layers:,} layers, more than the limit of {max_layers:,} (each layer is "
-            f"traced and compiled on its own): check the depth fields, or set {MAX_LAYERS_VARIABLE}={layers} to "
-            f"build it anyway"
-        )
-    params, max_params = config.estimate_num_parameters(), size_limit(MAX_PARAMETERS_VARIABLE, DEFAULT_MAX_PARAMETERS)
-    if params > max_params:
-        raise ValueError(
-            f"this {family} config would have about {params:,} parameters ({4 * params / 1e9:,.1f} GB in float32), "
-            f"more than the limit of {max_params:,}: check the widths, depths and the image / patch sizes, or set "
-            f"{MAX_PARAMETERS_VARIABLE}={params} to build it anyway"
+            f"{what}, more than the limit of {limit:,}{why}: check {fields}, or set {variable}={count} to build it anyway"
         )
 
 

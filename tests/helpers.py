@@ -19,6 +19,12 @@ def crossvit_config(shared: dict, sm: dict, lg: dict) -> dict:
     return {**shared, **branches}
 
 
+# A CaiT of 2 + 2 layers of width 32 on 32x32 images: parity with vit-pytorch and its weights' round trip.
+CAIT_SMALL = dict(
+    image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64, dim_head=16
+)
+
+
 # One small valid config per family (keyword arguments of its config class): 32x32 RGB images, 3 classes.
 TINY_CONFIGS = {
     "vit": dict(image_size=32, patch_size=8, num_classes=3, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32),

@@ -30,17 +30,8 @@ from hf_vit_flax.conversion_utils import to_numpy
 from tests.helpers import TINY_CONFIGS, assert_parity, images, max_abs_diff, randomize_
 from tests.test_from_transformers import LABELS, build, run_flax, run_torch
 
-TINY_VIT = dict(
-    image_size=32,
-    patch_size=8,
-    dim=32,
-    depth=2,
-    heads=2,
-    dim_head=16,
-    mlp_dim=48,
-    patch_embedding="conv",
-    qkv_bias=True,
-)
+# The family's tiny config in transformers' ViT layout (a convolutional patch embedding, qkv biases), two layers.
+TINY_VIT = dict(TINY_CONFIGS["vit"], depth=2, mlp_dim=48, patch_embedding="conv", qkv_bias=True)
 
 
 def load(folder, **kwargs):
@@ -95,7 +86,7 @@ def test_round_trip_gives_back_the_same_tensors(class_name, options, tmp_path):
 
 @pytest.mark.parametrize("activation", ["gelu_tanh", "quick_gelu"])
 def test_own_vit_loads_in_transformers(activation, tmp_path):
-    config = ViTConfig(**TINY_VIT, num_classes=3, layer_norm_eps=1e-6, mlp_activation=activation, id2label=LABELS)
+    config = ViTConfig(**TINY_VIT, layer_norm_eps=1e-6, mlp_activation=activation, id2label=LABELS)
     model = perturbed(FlaxViTForImageClassification(config, seed=1))
     out = hf_vit_flax.export(model, to="transformers", output_dir=tmp_path / "out")
     again = load(out)
@@ -108,7 +99,7 @@ def test_own_vit_loads_in_transformers(activation, tmp_path):
 
 
 def test_headless_vit_without_pooler_loads_in_vit_model(tmp_path):
-    model = perturbed(FlaxViTModel(ViTConfig(**TINY_VIT, num_classes=0), seed=2))
+    model = perturbed(FlaxViTModel(ViTConfig(**{**TINY_VIT, "num_classes": 0}), seed=2))
     out = hf_vit_flax.export(model, to="transformers", output_dir=tmp_path / "out")
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ViTModel"]
     again = load(out, add_pooling_layer=False)
@@ -151,7 +142,7 @@ UNEXPRESSED = {
 @pytest.mark.parametrize("name", UNEXPRESSED)
 def test_unexpressed_vit_is_a_clear_error_and_writes_nothing(name, tmp_path):
     options, message = UNEXPRESSED[name]
-    model = FlaxViTForImageClassification(ViTConfig(**{**TINY_VIT, **options}, num_classes=3), _do_init=False)
+    model = FlaxViTForImageClassification(ViTConfig(**{**TINY_VIT, **options}), _do_init=False)
     with pytest.raises(NotImplementedError, match=message):
         hf_vit_flax.export(model, to="transformers", output_dir=tmp_path / "out")
     assert os.listdir(tmp_path) == []
@@ -171,7 +162,7 @@ def test_other_families_are_a_clear_error(tmp_path):
 
 @pytest.fixture
 def small_vit():
-    return FlaxViTForImageClassification(ViTConfig(**TINY_VIT, num_classes=3), seed=3)
+    return FlaxViTForImageClassification(ViTConfig(**TINY_VIT), seed=3)
 
 
 def test_a_failed_export_leaves_the_folder_as_it_was(small_vit, tmp_path, monkeypatch):
@@ -223,8 +214,6 @@ def test_cli_export_saved_model_and_transformers_source(small_vit, tmp_path, cap
         to_numpy(load(tmp_path / "b").state_dict())["classifier.weight"],
         to_numpy(load(tmp_path / "hf").state_dict())["classifier.weight"],
     )
-    FlaxViTForImageClassification(ViTConfig(**TINY_VIT, num_classes=3, pool="mean"), seed=0).save_pretrained(
-        tmp_path / "mean"
-    )
+    FlaxViTForImageClassification(ViTConfig(**TINY_VIT, pool="mean"), seed=0).save_pretrained(tmp_path / "mean")
     assert main(["export", str(tmp_path / "mean"), "--to", "transformers", "--output-dir", str(tmp_path / "c")]) == 2
     assert "pool='mean'" in capsys.readouterr().err and not (tmp_path / "c").exists()

@@ -1,7 +1,7 @@
 """transformers' Flax model contract (``FlaxModelTesterMixin``) over the four families.
 
-The mixin is transformers' own (v4.52.4, vendored as ``tests/transformers_flax_common.py``; see its
-header), run unchanged where it applies: outputs as tuples and dicts, save/load, save/load from and to
+The mixin is transformers' own (v4.52.4, vendored as ``tests/vendor/transformers_flax_common.py``; see
+its header), run unchanged where it applies: outputs as tuples and dicts, save/load, save/load from and to
 the base model (the parameter layout: a base model's tree is the backbone, a classifier's holds it
 under ``base_model_prefix``), ``_do_init=False`` (``test_no_automatic_init``), jit, hidden states and attentions, dtypes
 (``test_default_params_dtype``, ``test_to_bf16`` ...), naming, the main input, gradient checkpointing.
@@ -71,7 +71,7 @@ from hf_vit_flax import (
 )
 
 from .helpers import TINY_CONFIGS, crossvit_config
-from .transformers_flax_common import FlaxModelTesterMixin, floats_tensor
+from .vendor.transformers_flax_common import FlaxModelTesterMixin, floats_tensor
 
 
 class ModelTester:

@@ -16,6 +16,7 @@ from hf_vit_flax.families import FAMILIES
 from hf_vit_flax.models.cait.convert_cait import config_from_timm, convert_timm
 from hf_vit_flax.models.cait.modeling_flax_cait import CaiTStack, LayerScaleBlock, TalkingHeadAttention
 from tests.helpers import (
+    CAIT_SMALL,
     assert_parity,
     images,
     randomize_,
@@ -24,9 +25,7 @@ from tests.helpers import (
 )
 
 PARITY_CONFIGS = {
-    "small": dict(
-        image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64, dim_head=16
-    ),
+    "small": CAIT_SMALL,
     "default-dim-head-64": dict(
         image_size=32, patch_size=16, num_classes=7, dim=48, depth=3, cls_depth=1, heads=3, mlp_dim=96
     ),

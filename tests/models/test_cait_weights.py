@@ -25,12 +25,10 @@ from hf_vit_flax.models.cait.convert_cait import (
     timm_table,
     vit_pytorch_table,
 )
-from tests.helpers import assert_parity, images, randomize_, torch_logits
+from tests.helpers import CAIT_SMALL, assert_parity, images, randomize_, torch_logits
 
 VIT_PYTORCH = {
-    "small": dict(
-        image_size=32, patch_size=8, num_classes=10, dim=32, depth=2, cls_depth=2, heads=2, mlp_dim=64, dim_head=16
-    ),
+    "small": CAIT_SMALL,
     "headless": dict(
         image_size=16, patch_size=4, num_classes=0, dim=24, depth=2, cls_depth=1, heads=3, mlp_dim=32, dim_head=8
     ),

@@ -18,33 +18,23 @@ from ...configuration_utils import (
     optional,
     positive_int,
     positive_size,
+    presets,
     rate,
     to_pair,
 )
 
-# The two PyTorch CaiTs, as the options that tell them apart: ``style=`` names one of these presets.
-STYLES: dict[str, dict[str, Any]] = {
-    # lucidrains' vit_pytorch.cait.CaiT (the seed README's model)
-    "vit_pytorch": dict(
-        patch_embedding="norm_linear",
-        talking_heads_bias=False,
-        attn_dropout_before_mixing=True,
-        cls_talking_heads=True,
-        cls_norm_patches=False,
-        cls_dropout=True,
-        weight_init="normal",
-    ),
-    # timm's timm.models.cait.Cait (the paper's released models)
-    "timm": dict(
-        patch_embedding="conv",
-        talking_heads_bias=True,
-        attn_dropout_before_mixing=False,
-        cls_talking_heads=False,
-        cls_norm_patches=True,
-        cls_dropout=False,
-        weight_init="trunc_normal",
-    ),
-}
+# The two PyTorch CaiTs, as the options that tell them apart: ``style=`` names one of these presets, lucidrains'
+# vit_pytorch.cait.CaiT (the seed README's model) or timm's timm.models.cait.Cait (the paper's released models).
+STYLES: dict[str, dict[str, Any]] = presets(
+    ("vit_pytorch", "timm"),
+    patch_embedding=("norm_linear", "conv"),
+    talking_heads_bias=(False, True),
+    attn_dropout_before_mixing=(True, False),
+    cls_talking_heads=(True, False),
+    cls_norm_patches=(False, True),
+    cls_dropout=(True, False),
+    weight_init=("normal", "trunc_normal"),
+)
 PATCH_EMBEDDINGS = ("norm_linear", "conv")
 WEIGHT_INITS = ("normal", "trunc_normal")
 

@@ -31,6 +31,7 @@ from ...configuration_utils import (
     optional,
     positive_float,
     positive_int,
+    presets,
     rate,
     to_pair,
 )
@@ -51,34 +52,22 @@ class Preset:
     ascending_kernels: bool = False
 
 
+# The options each preset fills in: vit-pytorch's value / the original release's.
+PRESET_VALUES = presets(
+    ("vit_pytorch", "original"),
+    qkv_bias=(False, True),
+    position_bias_reduction=(4, 16),
+    position_bias_per_head=(False, True),
+    position_bias_wide_table=(True, False),
+    stem_norm=(False, True),
+    merge_norm=(False, True),
+    final_norm=(False, True),
+    whole_map_group=(False, True),
+)
 PRESETS = {
-    "vit_pytorch": Preset(
-        blocks_per_depth=2,
-        options=dict(
-            qkv_bias=False,
-            position_bias_reduction=4,
-            position_bias_per_head=False,
-            position_bias_wide_table=True,
-            stem_norm=False,
-            merge_norm=False,
-            final_norm=False,
-            whole_map_group=False,
-        ),
-    ),
+    "vit_pytorch": Preset(blocks_per_depth=2, options=PRESET_VALUES["vit_pytorch"]),
     "original": Preset(
-        blocks_per_depth=1,
-        options=dict(
-            qkv_bias=True,
-            position_bias_reduction=16,
-            position_bias_per_head=True,
-            position_bias_wide_table=False,
-            stem_norm=True,
-            merge_norm=True,
-            final_norm=True,
-            whole_map_group=True,
-        ),
-        ff_dropout_everywhere=True,
-        ascending_kernels=True,
+        blocks_per_depth=1, options=PRESET_VALUES["original"], ff_dropout_everywhere=True, ascending_kernels=True
     ),
 }
 STYLES = tuple(PRESETS)

@@ -23,6 +23,7 @@ from ...configuration_utils import (
     optional,
     positive_int,
     positive_size,
+    presets,
     rate,
     to_pair,
 )
@@ -37,26 +38,16 @@ GLOBAL_POOLS = ("token", "avg")
 MULTI_CONV_PATCH_SIZES = (12, 16)
 
 # What each reference implementation is, in named options (``style=`` picks one).
-PRESETS: dict[str, dict[str, Any]] = {
-    "vit_pytorch": dict(
-        patch_embedding="norm_linear",
-        token_init="normal",
-        encoder_norm=True,
-        fusion="project_in_out",
-        final_norm=False,
-        head_norm=True,
-        head_combine="sum",
-    ),
-    "timm": dict(
-        patch_embedding="conv",
-        token_init="trunc_normal",
-        encoder_norm=False,
-        fusion="token_projection",
-        final_norm=True,
-        head_norm=False,
-        head_combine="mean",
-    ),
-}
+PRESETS: dict[str, dict[str, Any]] = presets(
+    STYLES,
+    patch_embedding=("norm_linear", "conv"),
+    token_init=("normal", "trunc_normal"),
+    encoder_norm=(True, False),
+    fusion=("project_in_out", "token_projection"),
+    final_norm=(False, True),
+    head_norm=(True, False),
+    head_combine=("sum", "mean"),
+)
 # The cross attention's own heads (vit-pytorch's defaults); 'token_projection' uses each branch's heads instead.
 CROSS_ATTN_DEFAULTS = {"project_in_out": (8, 64), "token_projection": (None, None)}
 

@@ -119,8 +119,24 @@ def timm_scheduler(optimizer, epochs, steps_per_epoch, warmup_steps, create_sche
     return scheduler
 
 
+def our_batches(data_root: str, train_set, args, steps: int) -> list[list[int]]:
+    """The global batches ``hf_vit_flax.training`` trains on, step by step, as indices into timm's dataset
+    (the same image files, matched by path)."""
+    from hf_vit_flax.training.data import example_order, load_dataset
+
+    split = load_dataset(data_root, seed=args.seed).train
+    timm_index = {os.path.realpath(path): i for i, (path, _) in enumerate(train_set.reader.samples)}
+    order = example_order(len(split), args.seed)
+    positions = [order[p] for p in range(steps * args.batch_size)]
+    indices = [timm_index[os.path.realpath(split.describe(i))] for i in positions]
+    return [indices[k : k + args.batch_size] for k in range(0, len(indices), args.batch_size)]
+
+
 def run_timm(checkpoint: str, data_root: str, args, warmup_steps: int) -> dict:
-    """timm's fine-tuning: its model loading, dataset, transform, optimizer, scheduler and loss, a plain loop."""
+    """timm's fine-tuning: its model loading, dataset, transform, optimizer, scheduler and loss, a plain loop.
+
+    With ``--data-order same`` (the default) the loop reads the batches ``hf_vit_flax.training`` reads, in
+    the same order; with ``own``, timm's loader shuffles with its own generator (drop_last, as timm trains)."""
     import timm
     import torch
     from timm.data import create_dataset, create_transform, resolve_data_config
@@ -133,15 +149,26 @@ def run_timm(checkpoint: str, data_root: str, args, warmup_steps: int) -> dict:
     transform = create_transform(**resolve_data_config({}, model=model), is_training=False)
     train_set = create_dataset("", root=os.path.join(data_root, "train"), transform=transform)
     test_set = create_dataset("", root=os.path.join(data_root, "test"), transform=transform)
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=args.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=0,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
-    steps_per_epoch = len(loader)
+    steps_per_epoch = len(train_set) // args.batch_size
+    if args.data_order == "same":
+        batches = our_batches(data_root, train_set, args, args.epochs * steps_per_epoch)
+
+        def loader_of(epoch: int):
+            epoch_batches = batches[epoch * steps_per_epoch : (epoch + 1) * steps_per_epoch]
+            return torch.utils.data.DataLoader(train_set, batch_sampler=epoch_batches, num_workers=0)
+    else:
+        shuffled = torch.utils.data.DataLoader(
+            train_set,
+            batch_size=args.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=0,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
+
+        def loader_of(epoch: int):
+            return shuffled
+
     optimizer = create_optimizer_v2(model, "adamw", lr=args.lr, weight_decay=args.weight_decay)
     scheduler = timm_scheduler(optimizer, args.epochs, steps_per_epoch, warmup_steps, create_scheduler_v2)
     loss_fn = LabelSmoothingCrossEntropy(smoothing=args.label_smoothing)
@@ -151,7 +178,7 @@ def run_timm(checkpoint: str, data_root: str, args, warmup_steps: int) -> dict:
     for epoch in range(args.epochs):
         model.train()
         tick = time.perf_counter()
-        for images, labels in loader:
+        for images, labels in loader_of(epoch):
             loss = loss_fn(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -176,7 +203,8 @@ def run_timm(checkpoint: str, data_root: str, args, warmup_steps: int) -> dict:
         "total": total,
         "steps": updates,
         "steps_per_epoch": steps_per_epoch,
-        "final_train_loss": float(np.mean(losses[-steps_per_epoch:])),
+        "final_train_loss": float(np.mean(losses[-steps_per_epoch:])),  # replaced by main: ours' last window
+        "losses": losses,
         "step_time_s": float(np.mean(step_times[SKIP_STEPS:])),
         "step_time_median_s": float(np.median(step_times[SKIP_STEPS:])),
         "first_steps_s": float(np.sum(step_times[:SKIP_STEPS])),
@@ -216,6 +244,7 @@ def run_ours(checkpoint: str, data_root: str, output_dir: str, args, warmup_step
         steps = r["step"] - previous
         previous = r["step"]
         steady.extend([args.batch_size / r["images_per_s"]] * steps)  # each step of the window, its mean time
+    train_records = [r for r in records if "train_loss" in r]
     correct = int(np.trace(np.asarray(result.confusion)))
     total = int(np.sum(result.confusion))
     first = next(r for r in records if "images_per_s" in r)
@@ -224,7 +253,9 @@ def run_ours(checkpoint: str, data_root: str, output_dir: str, args, warmup_step
         "correct": correct,
         "total": total,
         "steps": result.steps,
-        "final_train_loss": [r for r in records if "train_loss" in r][-1]["train_loss"],
+        # The trainer's last record: the mean loss of the steps since the one before (its logging window).
+        "final_train_loss": train_records[-1]["train_loss"],
+        "final_window": [train_records[-2]["step"] if len(train_records) > 1 else 0, train_records[-1]["step"]],
         "step_time_s": float(np.mean(steady)),
         "first_steps_s": float(first["step"] * args.batch_size / first["images_per_s"]),
         "train_time_s": result.wall_time,
@@ -303,11 +334,17 @@ def write_markdown(path: str, results: dict) -> None:
         f"embedding, class token), {r['warmup_steps']} warmup steps then cosine to 0 stepped per update (max "
         f"|lr difference| {results['lr_max_abs_diff']:.1e}), label smoothing {r['label_smoothing']}, batch "
         f"{r['batch_size']}, {r['epochs']} epochs ({r['steps']} steps), no augmentation, no clipping, no dropout.",
+        "* Data order: "
+        + (
+            "the same batches in the same order for both (timm's loop reads the order of hf_vit_flax.training)."
+            if r.get("data_order", "own") == "same"
+            else "each loop shuffles with its own generator (timm's DataLoader, grain)."
+        ),
         f"* Threads: one core (affinity {env['affinity']}), torch {env['torch_threads']} thread, XLA_FLAGS "
         f"`{env['xla_flags']}`.",
         f"* CPU: {env['cpu']}. Load before: `{results['load_before']}`; after: `{results['load_after']}`.",
         "",
-        "| | test accuracy | final train loss | step time (steady state) | first 10 steps | training wall time |",
+        f"| | test accuracy | final train loss (steps {o['final_window'][0] + 1}-{o['final_window'][1]}) | step time (steady state) | first 10 steps | training wall time |",
         "|---|--:|--:|--:|--:|--:|",
     ]
     for name, x in (("timm (PyTorch eager)", t), ("hf_vit_flax.training", o)):
@@ -338,6 +375,13 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--patch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data-order",
+        choices=("same", "own"),
+        default="same",
+        help="same: timm's loop reads hf_vit_flax.training's batches in its order, so only the implementations "
+        "differ; own: each loop shuffles with its own generator (adds the sampling noise of two data orders)",
+    )
     parser.add_argument("--workdir", default=None, help="where the image folder, checkpoint and run go (a temp dir)")
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "finetune_vs_timm"))
     args = parser.parse_args(argv)
@@ -370,6 +414,9 @@ def main(argv=None) -> int:
     ours_result = run_ours(checkpoint, data_root, os.path.join(workdir, "run"), args, warmup_steps, total_steps)
     print(f"ours: {ours_result}", flush=True)
     load_after = uptime()
+    # Both final losses over the same steps: the mean of timm's per-step losses over ours' last window.
+    first, last = ours_result["final_window"]
+    timm_result["final_train_loss"] = float(np.mean(timm_result.pop("losses")[first:last]))
 
     diff_pp = 100 * (ours_result["accuracy"] - timm_result["accuracy"])
     ratio = timm_result["step_time_s"] / ours_result["step_time_s"]
@@ -388,6 +435,7 @@ def main(argv=None) -> int:
             "warmup_steps": warmup_steps,
             "label_smoothing": args.label_smoothing,
             "seed": args.seed,
+            "data_order": args.data_order,
             "augmentation": "none",
             "clip_norm": None,
         },

@@ -376,13 +376,20 @@ def shard_options():
     return _grain().sharding.ShardByJaxProcess(drop_remainder=True)
 
 
+def example_order(num_examples: int, seed: int):
+    """The order in which training reads a split's examples: a permutation per epoch from ``seed``, epoch
+    after epoch (a grain ``MapDataset`` of indices: ``example_order(n, seed)[p]`` is the example at position
+    ``p`` of the stream, and a step's global batch is the next ``batch_size`` positions)."""
+    return _grain().MapDataset.range(num_examples).seed(seed).shuffle().repeat(None)
+
+
 def train_pipeline(preprocess: Preprocess, *, seed: int, host_batch: int, workers: int):
-    """The endless training stream of this host: shuffled anew each epoch from ``seed``, augmented from
-    (``seed``, position), sharded by host after shuffling (so the global batch of a step does not depend on
-    the number of hosts), batched. Returns a grain ``IterDataset``; its iterators are checkpointable."""
+    """The endless training stream of this host: :func:`example_order`, augmented from (``seed``,
+    position), sharded by host after shuffling (so the global batch of a step does not depend on the number
+    of hosts), batched. Returns a grain ``IterDataset``; its iterators are checkpointable."""
     grain = _grain()
     shard = shard_options()
-    ds = grain.MapDataset.range(len(preprocess.split)).seed(seed).shuffle().repeat(None)
+    ds = example_order(len(preprocess.split), seed)
     ds = (
         ds.random_map(lambda index, rng: preprocess(index, rng)) if preprocess.augment != "none" else ds.map(preprocess)
     )

@@ -31,6 +31,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, in collection order otherwise: with one worker per core, a long test that
+    started last would leave the other workers idle at the end of the run."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """The loopback Hub as huggingface_hub's endpoint, online, with an empty cache."""

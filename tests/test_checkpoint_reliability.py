@@ -65,6 +65,7 @@ def killed_save(folder, kill_at: int, point: str, **save_kwargs) -> int:
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300).returncode
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "point, kill_at, old_kwargs, new_kwargs, expected",
     [
@@ -103,6 +104,7 @@ def test_a_save_removes_the_weights_files_of_the_previous_checkpoint(tmp_path, x
     assert (tmp_path / "model_notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_concurrent_saves_into_one_folder_do_not_interleave(tmp_path, x):
     code = textwrap.dedent(f"""
         import sys

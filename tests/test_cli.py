@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hf_vit_flax import FlaxViTForImageClassification, ViTConfig
@@ -34,6 +35,7 @@ def test_predict_bad_image_is_a_clear_error(tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_demo_console_script_runs_offline(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "hf_vit_flax.cli", "demo", "--output-dir", str(tmp_path)],

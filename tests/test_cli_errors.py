@@ -334,6 +334,7 @@ def test_unexpected_exception_is_a_bug_with_its_traceback(tmp_path, capsys, monk
 # -- the model card of a local source ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pushed_card_names_a_local_source_by_file_name_and_hash(tmp_path):
     """``convert LOCAL --push-to-hub``: the published card holds no local folder names (loopback Hub)."""
     from tests.hub_server import serve

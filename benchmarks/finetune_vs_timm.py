@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     print(f"same start: max |logits diff| {start_diff:.2e}; max |lr diff| {lr_diff:.2e}", flush=True)
 
     timm_result = run_timm(checkpoint, data_root, args, warmup_steps)
-    print(f"timm: {timm_result}", flush=True)
+    print(f"timm: { {k: v for k, v in timm_result.items() if k != 'losses'} }", flush=True)
     ours_result = run_ours(checkpoint, data_root, os.path.join(workdir, "run"), args, warmup_steps, total_steps)
     print(f"ours: {ours_result}", flush=True)
     load_after = uptime()

@@ -15,7 +15,7 @@ def merged_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_el
     the output gradient over every leading axis. Over two axes (batch, tokens), XLA:CPU first copies one of
     them into a transposed layout (a full activation per linear layer per step: ~20% of a ViT-Ti/16
     training step at batch 8); over the one merged axis, it hands the transposed operand to its matmul as
-    it is (benchmarks/README.md, "Training step").
+    it is (benchmarks/README.md, "Linear layers on merged rows").
     """
     (lhs_contracting, rhs_contracting), (lhs_batch, rhs_batch) = dimension_numbers
     plain = tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,)

@@ -19,6 +19,8 @@ Everything here is written once against that vocabulary:
 
 from __future__ import annotations
 
+import dataclasses
+from collections import OrderedDict
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -27,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core.frozen_dict import freeze, unfreeze
 from flax.traverse_util import flatten_dict, unflatten_dict
+from transformers import PretrainedConfig
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ._cpu import init_compiler_options, jit_compiler_options
@@ -35,6 +38,44 @@ from .image_processing import image_processor_class
 from .layers import Features  # noqa: F401  (re-exported for families)
 from .modeling_flax_outputs import FlaxBaseModelOutputWithPooling, FlaxSequenceClassifierOutput
 from .modeling_flax_utils import FlaxPreTrainedModel
+
+_JITTED_INITS: OrderedDict = OrderedDict()
+_JITTED_INITS_KEPT = 16
+
+
+def _module_key(module: nn.Module) -> tuple | None:
+    """The value of a shell module (its class and fields, the config as its JSON), or ``None`` if a field
+    cannot be hashed."""
+    fields = []
+    for field in dataclasses.fields(module):
+        if field.name in ("parent", "name"):
+            continue
+        value = getattr(module, field.name)
+        if isinstance(value, PretrainedConfig):
+            value = value.to_json_string(use_diff=False)
+        try:
+            hash(value)
+        except TypeError:
+            return None
+        fields.append((field.name, value))
+    return type(module), tuple(fields)
+
+
+def _jitted_init(module: nn.Module, options: dict):
+    """``jax.jit(module.init)``, one per module value (the last ``_JITTED_INITS_KEPT``): a second model of the
+    same configuration in one process (loading a checkpoint twice, a sweep, a test suite) reuses the first
+    one's trace and compiled program instead of tracing the whole network again."""
+    key = _module_key(module)
+    if key is None:
+        return jax.jit(module.init, static_argnames="return_dict", compiler_options=options or None)
+    key = (key, tuple(sorted(options.items())))
+    init = _JITTED_INITS.pop(key, None)
+    if init is None:
+        init = jax.jit(module.init, static_argnames="return_dict", compiler_options=options or None)
+    _JITTED_INITS[key] = init
+    while len(_JITTED_INITS) > _JITTED_INITS_KEPT:
+        _JITTED_INITS.popitem(last=False)
+    return init
 
 
 class _ShellModule(nn.Module):
@@ -223,7 +264,7 @@ class FlaxVisionPreTrainedModel(FlaxPreTrainedModel):
         # (compiler options are for a top-level jit only: not under eval_shape or a caller's jit).
         traced = isinstance(rng, jax.core.Tracer)
         options = {} if traced else self._init_compiler_options()
-        init = jax.jit(self.module.init, static_argnames="return_dict", compiler_options=options or None)
+        init = _jitted_init(self.module, options)
         random_params = init({"params": params_rng, "dropout": dropout_rng}, pixel_values, return_dict=False)["params"]
         if params is None:
             return random_params

@@ -274,3 +274,25 @@ def test_a_headless_checkpoint_is_a_clear_error_for_the_classifier_or_gets_a_new
     np.testing.assert_array_equal(
         classifier(x, output_hidden_states=True).hidden_states[-1], base(x, output_hidden_states=True).hidden_states[-1]
     )
+
+
+def test_a_second_model_of_one_configuration_reuses_the_traced_init():
+    """Building a model traces and compiles its ``init`` once per configuration in a process: an equal
+    configuration (a new object) reuses it, with the same values for the same seed; another seed gives
+    other values; another configuration or dtype gets its own."""
+    from hf_vit_flax import modeling_utils
+
+    def config(**changes):
+        options = dict(image_size=32, patch_size=8, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32)
+        return ViTConfig(**{**options, **changes})
+
+    first = FlaxViTModel(config())
+    kept = dict(modeling_utils._JITTED_INITS)
+    second, reseeded = FlaxViTModel(config()), FlaxViTModel(config(), seed=1)
+    assert dict(modeling_utils._JITTED_INITS).keys() == kept.keys()  # no new trace
+    leaves = [flatten_dict(m.params) for m in (first, second, reseeded)]
+    assert all(np.array_equal(leaves[0][k], leaves[1][k]) for k in leaves[0])
+    assert not all(np.array_equal(leaves[0][k], leaves[2][k]) for k in leaves[0])
+    FlaxViTModel(config(depth=2))
+    FlaxViTModel(config(), dtype=jnp.bfloat16)
+    assert len(set(modeling_utils._JITTED_INITS) - set(kept)) == 2

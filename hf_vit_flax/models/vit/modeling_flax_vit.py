@@ -16,6 +16,7 @@ The Hugging Face classes below are config-driven shells around the same module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -29,11 +30,13 @@ from ...layers import (
     Features,
     PatchEmbedding,
     Transformer,
+    TransformerBlock,
     check_divisible,
     check_image,
     interpolate_pos_embedding,
     norm_factory,
     pair,
+    remat_if,
 )
 from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
@@ -146,9 +149,9 @@ class ViT(CoreModule):
             self.norm_pre = norm_layer()
         # vit-pytorch drops the output projection when one head spans the whole width; timm never does.
         project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == self.dim)
-        self.transformer = Transformer(
+        block = functools.partial(
+            remat_if(TransformerBlock, self.remat),
             self.dim,
-            self.depth,
             self.heads,
             self.dim_head,
             self.mlp_dim,
@@ -157,12 +160,11 @@ class ViT(CoreModule):
             project_out=project_out,
             norm_layer=norm_layer,
             layer_scale_init=self.layer_scale_init,
-            drop_path_rate=self.drop_path_rate,
-            final_norm=self.final_norm and not self.fc_norm,
-            remat=self.remat,
             activation=self.mlp_activation,
             **kw,
         )
+        final_norm = norm_layer if self.final_norm and not self.fc_norm else None
+        self.transformer = Transformer(block, self.depth, self.drop_path_rate, final_norm)
         if self.pool == "map":
             self.attn_pool = AttentionPoolLatent(
                 self.dim, self.heads, self.mlp_dim, norm_layer, self.mlp_activation, **kw

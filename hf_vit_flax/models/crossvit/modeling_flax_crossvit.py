@@ -404,7 +404,7 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     return out
 
 
-class CrossViT(CoreModule):
+class CrossViT(CoreModule, CrossViTConfig.options_dataclass()):
     """CrossViT with vit-pytorch's constructor arguments (plus named options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum (``head_combine='sum'``,
@@ -420,47 +420,11 @@ class CrossViT(CoreModule):
     align_corners=False, no antialias: ``jax.image.resize(method='bicubic-pytorch', antialias=False)``), or
     centre-cropped with ``crop_scale`` when it is smaller. ``remat``, ``dtype``, ``param_dtype``: gradient
     checkpointing, computation and parameter dtypes.
+
+    Its fields are the constructor arguments of :class:`CrossViTConfig` (names, defaults, order), declared there once.
     """
 
     headless_output = "pooler_output"
-
-    image_size: int | tuple[int, int]
-    num_classes: int
-    sm_dim: int
-    lg_dim: int
-    sm_patch_size: int = 12
-    sm_enc_depth: int = 1
-    sm_enc_heads: int = 8
-    sm_enc_mlp_dim: int = 2048
-    sm_enc_dim_head: int = 64
-    lg_patch_size: int = 16
-    lg_enc_depth: int = 4
-    lg_enc_heads: int = 8
-    lg_enc_mlp_dim: int = 2048
-    lg_enc_dim_head: int = 64
-    cross_attn_depth: int = 2
-    cross_attn_heads: int | None = None
-    cross_attn_dim_head: int | None = None
-    depth: int = 3
-    dropout: float = 0.1
-    emb_dropout: float = 0.1
-    channels: int = 3
-    style: str | None = None
-    sm_image_size: int | tuple[int, int] | None = None
-    lg_image_size: int | tuple[int, int] | None = None
-    multi_conv: bool = False
-    qkv_bias: bool = False
-    crop_scale: bool = False
-    global_pool: str = "token"
-    layer_norm_eps: float = 1e-5
-    drop_path_rate: float = 0.0
-    patch_embedding: str | None = None
-    token_init: str | None = None
-    encoder_norm: bool | None = None
-    fusion: str | None = None
-    final_norm: bool | None = None
-    head_norm: bool | None = None
-    head_combine: str | None = None
 
     head_class = CrossViTHead
     config_class = CrossViTConfig

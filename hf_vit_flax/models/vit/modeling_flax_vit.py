@@ -64,7 +64,7 @@ class ViTHead(nn.Module):
         return self.head(pooled)
 
 
-class ViT(CoreModule):
+class ViT(CoreModule, ViTConfig.options_dataclass()):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -78,36 +78,9 @@ class ViT(CoreModule):
     ``pooler=True`` (transformers' ``ViTPooler``; the head reads its output); or, for a distilled model,
     the class and distillation tokens
     stacked as ``(batch, 2, dim)`` (its two heads read one each).
-    """
 
-    image_size: int | tuple[int, int]
-    patch_size: int | tuple[int, int]
-    num_classes: int
-    dim: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    pool: str = "cls"
-    channels: int = 3
-    dim_head: int = 64
-    dropout: float = 0.0
-    emb_dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
-    patch_embedding: str = "norm_linear"
-    patch_bias: bool = True
-    qkv_bias: bool = False
-    class_token: bool | None = None
-    reg_tokens: int = 0
-    distilled: bool = False
-    no_embed_class: bool = False
-    pre_norm: bool = False
-    final_norm: bool = True
-    fc_norm: bool = False
-    layer_scale_init: float | None = None
-    mlp_activation: str = "gelu"
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0
-    pooler: bool = False
+    Its fields are the constructor arguments of :class:`ViTConfig` (names, defaults, order), declared there once.
+    """
 
     head_class = ViTHead
     config_class = ViTConfig

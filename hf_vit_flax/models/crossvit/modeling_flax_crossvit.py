@@ -32,6 +32,7 @@ import numpy as np
 
 from ... import weight_tables as wt
 from ...layers import (
+    Attention,
     ConvPatchEmbedding,
     CoreModule,
     Dense,
@@ -128,24 +129,19 @@ class BranchEmbedding(nn.Module):
         return self.drop(x, deterministic=deterministic)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """A class token attends to ``[itself, context]`` (paper Sec. 3.3): one query, so linear in the tokens.
 
-    ``norm`` is applied to the class token; with ``norm_context`` (the paper's, timm's) also to the context,
-    which vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only (the
-    second and later blocks of ``fusion='token_projection'`` see only the class token their predecessor
+    The hyper-parameters of :class:`hf_vit_flax.layers.Attention`, with the query projected from the class
+    token and the keys and values from ``[itself, context]`` (``q`` and ``kv``, vit-pytorch's ``to_q`` /
+    ``to_kv``). ``norm`` is applied to the class token; with ``norm_context`` (the paper's, timm's) also to
+    the context, which vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only
+    (the second and later blocks of ``fusion='token_projection'`` see only the class token their predecessor
     returned). Returns the attention output (no residual) and, when asked, the probabilities.
     """
 
-    dim: int
-    heads: int
-    dim_head: int
-    dropout: float = 0.0
-    qkv_bias: bool = False
     norm_context: bool = False
     norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def setup(self):
         dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -154,8 +150,9 @@ class CrossAttention(nn.Module):
         self.q = dense(inner, use_bias=self.qkv_bias)
         self.kv = dense(2 * inner, use_bias=self.qkv_bias)  # keys, then values (vit-pytorch's to_kv)
         self.attn_drop = nn.Dropout(self.dropout)
-        self.proj = dense(self.dim)
-        self.proj_drop = nn.Dropout(self.dropout)
+        if self.project_out:
+            self.proj = dense(self.dim)
+            self.proj_drop = nn.Dropout(self.dropout)
 
     def __call__(self, class_token, context=None, *, deterministic: bool = True, output_attentions: bool = False):
         query = self.norm(class_token)
@@ -175,8 +172,10 @@ class CrossAttention(nn.Module):
             deterministic=deterministic,
             return_weights=output_attentions,
         )
-        out = self.proj(out.reshape(batch, 1, self.heads * self.dim_head))
-        return self.proj_drop(out, deterministic=deterministic), weights
+        out = out.reshape(batch, 1, self.heads * self.dim_head)
+        if self.project_out:
+            out = self.proj_drop(self.proj(out), deterministic=deterministic)
+        return out, weights
 
 
 class ProjectedCrossAttention(nn.Module):

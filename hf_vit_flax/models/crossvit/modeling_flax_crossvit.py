@@ -42,6 +42,7 @@ from ...layers import (
     NormLayer,
     NormLinear,
     PatchEmbedding,
+    PatchEmbeddingBase,
     Transformer,
     TransformerBlock,
     attend,
@@ -67,13 +68,9 @@ DAGGER_STEMS = {
 TOKEN_INITIALIZERS = {"normal": nn.initializers.normal(1.0), "trunc_normal": nn.initializers.truncated_normal(0.02)}
 
 
-class DaggerPatchEmbedding(nn.Module):
-    """timm's ``PatchEmbed(multi_conv=True)`` of the *_dagger_* models: three convolutions, ReLU between."""
-
-    dim: int
-    patch_size: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+class DaggerPatchEmbedding(PatchEmbeddingBase):
+    """timm's ``PatchEmbed(multi_conv=True)`` of the *_dagger_* models: three convolutions, ReLU between
+    (``patch_size``: an int, a key of ``DAGGER_STEMS``)."""
 
     @nn.compact
     def __call__(self, images):

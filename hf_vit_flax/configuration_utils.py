@@ -191,7 +191,8 @@ class VisionTransformerConfig(PretrainedConfig):
 
     def to_module_kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments of the family's core linen module: each of its fields the config
-        holds (``CoreModule.kwargs_from_config``), so an option is declared on the module and the config only."""
+        holds (``CoreModule.kwargs_from_config``): the module's fields are the config's options
+        (:meth:`options_dataclass`)."""
         from .families import family_of_config
 
         return family_of_config(self).core_module_class.kwargs_from_config(self)

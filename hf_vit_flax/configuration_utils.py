@@ -17,6 +17,8 @@ larger model anyway.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import numbers
 import os
@@ -189,10 +191,28 @@ class VisionTransformerConfig(PretrainedConfig):
 
     def to_module_kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments of the family's core linen module: each of its fields the config
-        holds (``CoreModule.kwargs_from_config``), so an option is declared on the module and the config only."""
+        holds (``CoreModule.kwargs_from_config``): the module's fields are the config's options
+        (:meth:`options_dataclass`)."""
         from .families import family_of_config
 
         return family_of_config(self).core_module_class.kwargs_from_config(self)
+
+    @classmethod
+    def options_dataclass(cls, *, exclude: tuple[str, ...] = ()) -> type:
+        """The family's options as a dataclass, the base of its core module (``class ViT(CoreModule,
+        ViTConfig.options_dataclass())``): the names, annotations, defaults and order of this config's
+        ``__init__`` arguments, which declare each option once, for the config and the module.
+
+        The module's ``num_classes`` defaults to the config's default number of labels; ``exclude`` names
+        arguments the module does not take (CrossFormer's ``image_size``: it takes any size).
+        """
+        fields = []
+        for name, param in inspect.signature(cls.__init__).parameters.items():
+            if name == "self" or param.kind is param.VAR_KEYWORD or name in exclude:
+                continue
+            default = DEFAULT_NUM_CLASSES if name == "num_classes" else param.default
+            fields.append((name, param.annotation, dataclasses.field(default=default)))
+        return dataclasses.make_dataclass(f"{cls.family_name}Options", fields, eq=False)
 
     def set_options(self, options: Mapping[str, Any]) -> None:
         """Store a family config's keyword arguments (its ``locals()``) as attributes, sizes as JSON values.

@@ -421,12 +421,18 @@ def test_save_and_auto_load_is_exact(family, small, x, tmp_path):
 # -- the vit-pytorch converter ------------------------------------------------------------------------------
 
 
-def test_a_vit_pytorch_state_dict_needs_its_config_and_is_checked(family, x):
-    contract, config_class = CONTRACTS[family], FAMILIES[family].config_class
+def vit_pytorch_reference(family, **changes):
+    """The family's vit-pytorch model with the contract's small config (the arguments it takes), random weights."""
     module_name, class_name = FAMILIES[family].vit_pytorch_class.rsplit(".", 1)
     reference_class = getattr(importlib.import_module(module_name), class_name)
     takes = inspect.signature(reference_class).parameters
-    torch_model = randomize_(reference_class(**{k: v for k, v in contract.config.items() if k in takes}), seed=1)
+    kwargs = {k: v for k, v in {**CONTRACTS[family].config, **changes}.items() if k in takes}
+    return randomize_(reference_class(**kwargs), seed=1)
+
+
+def test_a_vit_pytorch_state_dict_needs_its_config_and_is_checked(family, x):
+    contract, config_class = CONTRACTS[family], FAMILIES[family].config_class
+    torch_model = vit_pytorch_reference(family)
     state_dict = torch_model.state_dict()
     with pytest.raises(ValueError, match="pass its config"):
         hf_vit_flax.from_vit_pytorch(state_dict)
@@ -439,3 +445,14 @@ def test_a_vit_pytorch_state_dict_needs_its_config_and_is_checked(family, x):
     wider = config_class.from_dict({**config.to_dict(), **contract.wider})
     with pytest.raises(ValueError, match="wrong shape"):
         hf_vit_flax.from_vit_pytorch(state_dict, config=wider)
+
+
+def test_a_headless_vit_pytorch_model_becomes_the_base_model(family, x):
+    # vit-pytorch without a head (num_classes=0) converts to the base model (the family's tests compare its
+    # features with the reference's), whose headless_output the core module without a head computes.
+    model = hf_vit_flax.from_vit_pytorch(vit_pytorch_reference(family, num_classes=0))
+    assert type(model) is FAMILIES[family].model_class
+    assert not set(FAMILIES[family].classifier_class.head_param_names) & set(model.params)
+    headless = core_module(model)
+    out = headless.apply(model.module_params(), nhwc(x))
+    np.testing.assert_allclose(out, model(x)[headless.headless_output], atol=1e-5)

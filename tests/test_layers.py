@@ -41,6 +41,7 @@ from hf_vit_flax.layers import (
     patch_embedding_table,
     patchify,
     quick_gelu,
+    remat_if,
     transformer_table,
 )
 from tests.helpers import randomize_
@@ -177,9 +178,8 @@ def test_transformer_is_vit_pytorch_transformer():
     reference = Reference(32, 2, heads=4, dim_head=8, mlp_dim=64)
     params = read_through(transformer_table("", "", 2, VIT_PYTORCH_BLOCK, qkv_bias=False), reference)
     x = rand(2, 9, 32)
-    out, hidden_states, _ = Transformer(32, 2, heads=4, dim_head=8, mlp_dim=64).apply(
-        params, x, output_hidden_states=True
-    )
+    block = functools.partial(TransformerBlock, 32, heads=4, dim_head=8, mlp_dim=64)
+    out, hidden_states, _ = Transformer(block, 2).apply(params, x, output_hidden_states=True)
     np.testing.assert_allclose(out, run_torch(reference, x), atol=1e-5)
     assert len(hidden_states) == 3  # the input and each block's output
 
@@ -197,8 +197,9 @@ def test_attention_pooling_is_timm_attention_pool_latent():
 
 def test_remat_changes_neither_parameters_nor_results():
     x = jnp.asarray(rand(2, 9, 16))
-    kwargs = dict(dim=16, depth=1, heads=2, dim_head=8, mlp_dim=32)
-    plain, remat = Transformer(**kwargs), Transformer(**kwargs, remat=True)
+    kwargs = dict(dim=16, heads=2, dim_head=8, mlp_dim=32)
+    plain = Transformer(functools.partial(TransformerBlock, **kwargs), depth=1)
+    remat = Transformer(functools.partial(remat_if(TransformerBlock, True), **kwargs), depth=1)
     params = plain.init(jax.random.key(0), x)
     assert jax.tree.structure(jax.eval_shape(remat.init, jax.random.key(0), x)) == jax.tree.structure(params)
 

@@ -34,6 +34,7 @@ from .norm import LayerNorm, NormLayer, layer_norm, norm_factory
 from .patch_embed import (
     ConvPatchEmbedding,
     PatchEmbedding,
+    PatchEmbeddingBase,
     conv_patch_embedding_table,
     flatten_tokens,
     patch_embedding_table,
@@ -74,6 +75,7 @@ __all__ = [
     "NormLayer",
     "NormLinear",
     "PatchEmbedding",
+    "PatchEmbeddingBase",
     "Transformer",
     "TransformerBlock",
     "as_tuples",

@@ -70,9 +70,9 @@ class CoreModule(nn.Module):
 
     @classmethod
     def kwargs_from_config(cls, config) -> dict:
-        """The module's keyword arguments from a family config: every field of the module (its options are
-        listed once, here) that the config holds, with ``num_classes`` from ``num_labels`` and JSON lists
-        back to tuples."""
+        """The module's keyword arguments from a family config: every field of the module (the config's
+        options, ``VisionTransformerConfig.options_dataclass``) that the config holds, with ``num_classes``
+        from ``num_labels`` and JSON lists back to tuples."""
         kwargs = {}
         for field in dataclasses.fields(cls):
             if field.name in cls.runtime_fields:

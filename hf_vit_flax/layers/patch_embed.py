@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -33,14 +34,20 @@ def flatten_tokens(x: jax.Array) -> jax.Array:
     return x.reshape(batch, height * width, channels)
 
 
-class PatchEmbedding(nn.Module):
-    """vit-pytorch's embedding: ``b (h p1) (w p2) c -> b (h w) (p1 p2 c)``, LayerNorm, Linear, LayerNorm."""
+class PatchEmbeddingBase(nn.Module):
+    """What every patch embedding takes (they are interchangeable): images ``(batch, height, width, channels)``
+    in, tokens ``(batch, patches, dim)`` out; a sub-class's own options follow ``patch_size``."""
 
     dim: int
-    patch_size: tuple[int, int]
+    patch_size: Any  # (height, width), or an int where a sub-class says so
+    dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+    param_dtype: Dtype = dataclasses.field(default=jnp.float32, kw_only=True)
+
+
+class PatchEmbedding(PatchEmbeddingBase):
+    """vit-pytorch's embedding: ``b (h p1) (w p2) c -> b (h w) (p1 p2 c)``, LayerNorm, Linear, LayerNorm."""
+
     norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images):
@@ -49,14 +56,10 @@ class PatchEmbedding(nn.Module):
         return self.norm_layer(name="norm")(x)
 
 
-class ConvPatchEmbedding(nn.Module):
+class ConvPatchEmbedding(PatchEmbeddingBase):
     """timm's ``PatchEmbed``: a Conv2d with kernel = stride = patch size and no padding, then flatten."""
 
-    dim: int
-    patch_size: tuple[int, int]
     use_bias: bool = True
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, images):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -127,50 +128,27 @@ def remat_if(module_cls: type[nn.Module], enabled: bool, static_argnums: tuple[i
 
 
 class Transformer(nn.Module):
-    """A stack of ``TransformerBlock`` s followed by an optional final LayerNorm (vit-pytorch's ``Transformer``).
+    """A stack of ``depth`` blocks followed by an optional final norm (vit-pytorch's ``Transformer``).
+
+    ``block`` builds one block given its stochastic-depth rate (``drop_path=``): a partial of
+    :class:`TransformerBlock` (wrapped by :func:`remat_if` for gradient checkpointing) that holds the block
+    configuration, as timm's ``block_fn``. The rates rise linearly from 0 at the first block to
+    ``drop_path_rate`` at the last. ``norm_layer`` builds the final norm; ``None``: no final norm.
 
     Returns ``(x, hidden_states, attentions)``: ``hidden_states`` holds the input and every block's
     output (before the final norm), as transformers does, when ``output_hidden_states``; else ``None``.
     """
 
-    dim: int
+    block: Callable[..., nn.Module]
     depth: int
-    heads: int
-    dim_head: int
-    mlp_dim: int
-    dropout: float = 0.0
-    qkv_bias: bool = False
-    project_out: bool = True
-    norm_layer: NormLayer = LayerNorm
-    layer_scale_init: float | None = None
     drop_path_rate: float = 0.0
-    final_norm: bool = True
-    remat: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    activation: str = "gelu"
+    norm_layer: NormLayer | None = LayerNorm
 
     def setup(self):
-        block = remat_if(TransformerBlock, self.remat)
         self.blocks = [
-            block(
-                self.dim,
-                self.heads,
-                self.dim_head,
-                self.mlp_dim,
-                self.dropout,
-                qkv_bias=self.qkv_bias,
-                project_out=self.project_out,
-                norm_layer=self.norm_layer,
-                layer_scale_init=self.layer_scale_init,
-                drop_path=self.drop_path_rate * i / max(self.depth - 1, 1),
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                activation=self.activation,
-            )
-            for i in range(self.depth)
+            self.block(drop_path=self.drop_path_rate * i / max(self.depth - 1, 1)) for i in range(self.depth)
         ]
-        if self.final_norm:
+        if self.norm_layer is not None:
             self.norm = self.norm_layer()
 
     def __call__(
@@ -184,7 +162,7 @@ class Transformer(nn.Module):
                 hidden_states += (x,)
             if output_attentions:
                 attentions += (weights,)
-        if self.final_norm:
+        if self.norm_layer is not None:
             x = self.norm(x)
         return x, hidden_states, attentions
 

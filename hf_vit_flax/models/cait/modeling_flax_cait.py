@@ -359,7 +359,7 @@ class CaiTStack(nn.Module):
         return x, hidden_states, attentions
 
 
-class CaiT(CoreModule):
+class CaiT(CoreModule, CaiTConfig.options_dataclass()):
     """Class-Attention in Image Transformers, with vit-pytorch's constructor arguments; NHWC images.
 
     ``CaiT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -375,36 +375,9 @@ class CaiT(CoreModule):
     ``style`` (``"vit_pytorch"`` or ``"timm"``) is a preset of those options, expanded once, at construction:
     the options left ``None`` take its values (without ``style``, vit-pytorch's), and the field then reads
     ``None``. Nothing below this module knows the presets.
-    """
 
-    image_size: int | tuple[int, int]
-    patch_size: int | tuple[int, int]
-    num_classes: int
-    dim: int
-    depth: int
-    cls_depth: int
-    heads: int
-    mlp_dim: int
-    dim_head: int = 64
-    dropout: float = 0.0
-    emb_dropout: float = 0.0
-    layer_dropout: float = 0.0
-    channels: int = 3
-    layer_norm_eps: float = 1e-5
-    style: str | None = None
-    qkv_bias: bool = False
-    layer_scale_init: float | None = None
-    cls_mlp_dim: int | None = None
-    attn_dropout: float | None = None
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0
-    patch_embedding: str | None = None
-    talking_heads_bias: bool | None = None
-    attn_dropout_before_mixing: bool | None = None
-    cls_talking_heads: bool | None = None
-    cls_norm_patches: bool | None = None
-    cls_dropout: bool | None = None
-    weight_init: str | None = None
+    Its fields are the constructor arguments of :class:`CaiTConfig` (names, defaults, order), declared there once.
+    """
 
     head_class = LinearHead
     config_class = CaiTConfig

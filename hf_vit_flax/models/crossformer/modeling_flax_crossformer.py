@@ -298,7 +298,7 @@ class CrossFormerStage(nn.Module):
         return embedded, x, hidden_states, attentions
 
 
-class CrossFormer(CoreModule):
+class CrossFormer(CoreModule, CrossFormerConfig.options_dataclass(exclude=("image_size",))):
     """CrossFormer with vit-pytorch's constructor arguments and the options of the original release; NHWC.
 
     ``CrossFormer(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with
@@ -309,36 +309,12 @@ class CrossFormer(CoreModule):
     ``style`` is the preset the arguments are read in (default ``"vit_pytorch"``: ``depth`` counts
     vit-pytorch's (short, long) pairs); it is expanded when the module is built, after which the fields
     hold the expanded options (``depth`` in blocks, ``style`` None). See the module docstring.
+
+    Its fields are the constructor arguments of :class:`CrossFormerConfig` (names, defaults, order), declared
+    there once, but ``image_size``.
     """
 
     headless_output = "pooler_output"
-
-    dim: Any = (64, 128, 256, 512)
-    depth: Any = (2, 2, 8, 2)
-    global_window_size: Any = (8, 4, 2, 1)
-    local_window_size: Any = 7
-    cross_embed_kernel_sizes: Any = ((4, 8, 16, 32), (2, 4), (2, 4), (2, 4))
-    cross_embed_strides: Any = (4, 2, 2, 2)
-    num_classes: int = 1000
-    attn_dropout: float = 0.0
-    ff_dropout: float = 0.0
-    channels: int = 3
-    style: str | None = "vit_pytorch"
-    heads: Any = None
-    dim_head: Any = 32
-    mlp_ratio: float = 4.0
-    qkv_bias: bool | None = None
-    drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
-    position_bias_reduction: int | None = None
-    position_bias_per_head: bool | None = None
-    position_bias_wide_table: bool | None = None
-    stem_norm: bool | None = None
-    merge_norm: bool | None = None
-    final_norm: bool | None = None
-    whole_map_group: bool | None = None
-    proj_dropout: float | None = None
-    embed_dropout: float | None = None
 
     head_class = LinearHead
     config_class = CrossFormerConfig

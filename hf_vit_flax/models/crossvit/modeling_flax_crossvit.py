@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import flax
@@ -31,6 +32,7 @@ import numpy as np
 
 from ... import weight_tables as wt
 from ...layers import (
+    Attention,
     ConvPatchEmbedding,
     CoreModule,
     Dense,
@@ -40,6 +42,7 @@ from ...layers import (
     NormLayer,
     NormLinear,
     PatchEmbedding,
+    PatchEmbeddingBase,
     Transformer,
     TransformerBlock,
     attend,
@@ -65,13 +68,9 @@ DAGGER_STEMS = {
 TOKEN_INITIALIZERS = {"normal": nn.initializers.normal(1.0), "trunc_normal": nn.initializers.truncated_normal(0.02)}
 
 
-class DaggerPatchEmbedding(nn.Module):
-    """timm's ``PatchEmbed(multi_conv=True)`` of the *_dagger_* models: three convolutions, ReLU between."""
-
-    dim: int
-    patch_size: int
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+class DaggerPatchEmbedding(PatchEmbeddingBase):
+    """timm's ``PatchEmbed(multi_conv=True)`` of the *_dagger_* models: three convolutions, ReLU between
+    (``patch_size``: an int, a key of ``DAGGER_STEMS``)."""
 
     @nn.compact
     def __call__(self, images):
@@ -127,24 +126,19 @@ class BranchEmbedding(nn.Module):
         return self.drop(x, deterministic=deterministic)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(Attention):
     """A class token attends to ``[itself, context]`` (paper Sec. 3.3): one query, so linear in the tokens.
 
-    ``norm`` is applied to the class token; with ``norm_context`` (the paper's, timm's) also to the context,
-    which vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only (the
-    second and later blocks of ``fusion='token_projection'`` see only the class token their predecessor
+    The hyper-parameters of :class:`hf_vit_flax.layers.Attention`, with the query projected from the class
+    token and the keys and values from ``[itself, context]`` (``q`` and ``kv``, vit-pytorch's ``to_q`` /
+    ``to_kv``). ``norm`` is applied to the class token; with ``norm_context`` (the paper's, timm's) also to
+    the context, which vit-pytorch leaves as it is. ``context=None``: the class token attends to itself only
+    (the second and later blocks of ``fusion='token_projection'`` see only the class token their predecessor
     returned). Returns the attention output (no residual) and, when asked, the probabilities.
     """
 
-    dim: int
-    heads: int
-    dim_head: int
-    dropout: float = 0.0
-    qkv_bias: bool = False
     norm_context: bool = False
     norm_layer: NormLayer = LayerNorm
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def setup(self):
         dense = functools.partial(Dense, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -153,8 +147,9 @@ class CrossAttention(nn.Module):
         self.q = dense(inner, use_bias=self.qkv_bias)
         self.kv = dense(2 * inner, use_bias=self.qkv_bias)  # keys, then values (vit-pytorch's to_kv)
         self.attn_drop = nn.Dropout(self.dropout)
-        self.proj = dense(self.dim)
-        self.proj_drop = nn.Dropout(self.dropout)
+        if self.project_out:
+            self.proj = dense(self.dim)
+            self.proj_drop = nn.Dropout(self.dropout)
 
     def __call__(self, class_token, context=None, *, deterministic: bool = True, output_attentions: bool = False):
         query = self.norm(class_token)
@@ -174,8 +169,10 @@ class CrossAttention(nn.Module):
             deterministic=deterministic,
             return_weights=output_attentions,
         )
-        out = self.proj(out.reshape(batch, 1, self.heads * self.dim_head))
-        return self.proj_drop(out, deterministic=deterministic), weights
+        out = out.reshape(batch, 1, self.heads * self.dim_head)
+        if self.project_out:
+            out = self.proj_drop(self.proj(out), deterministic=deterministic)
+        return out, weights
 
 
 class ProjectedCrossAttention(nn.Module):
@@ -184,28 +181,15 @@ class ProjectedCrossAttention(nn.Module):
 
     dim: int
     context_dim: int
-    heads: int
-    dim_head: int
-    dropout: float = 0.0
-    qkv_bias: bool = False
-    norm_layer: NormLayer = LayerNorm
+    attention: Callable[..., nn.Module]  # builds the CrossAttention in the context width (a partial)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.dim != self.context_dim:
-            self.project_in = Dense(self.context_dim, **kw)
-            self.project_out = Dense(self.dim, **kw)
-        self.attn = CrossAttention(
-            self.context_dim,
-            self.heads,
-            self.dim_head,
-            self.dropout,
-            qkv_bias=self.qkv_bias,
-            norm_layer=self.norm_layer,
-            **kw,
-        )
+            self.project_in = Dense(self.context_dim, dtype=self.dtype, param_dtype=self.param_dtype)
+            self.project_out = Dense(self.dim, dtype=self.dtype, param_dtype=self.param_dtype)
+        self.attn = self.attention(self.context_dim)
 
     def __call__(self, class_token, context, *, deterministic: bool = True, output_attentions: bool = False):
         projected = self.dim != self.context_dim
@@ -260,6 +244,10 @@ class MultiScaleBlock(nn.Module):
     """One multi-scale block: each branch's pre-norm transformer blocks, then the class tokens fused across
     the branches by the sub-class (:class:`ProjectInOutBlock`, :class:`TokenProjectionBlock`: ``fusion``).
 
+    The layers come configured from the model, each built here from its sizes: ``block`` builds a
+    :class:`TransformerBlock` from a branch's (dim, heads, dim_head, mlp_dim) and ``cross_attention`` a
+    :class:`CrossAttention` from (dim, heads, dim_head); ``norm_layer`` builds the LayerNorms.
+
     ``encoder_norm``: each branch's blocks and a final LayerNorm form vit-pytorch's ``Transformer``
     (parameters under ``{branch}_encoder``); without it the blocks sit in the multi-scale block itself
     (``{branch}_blocks_j``, timm's layout), with stochastic depth at the given rates.
@@ -268,40 +256,27 @@ class MultiScaleBlock(nn.Module):
     sm: BranchSpec
     lg: BranchSpec
     cross_depth: int
-    dropout: float = 0.0
-    qkv_bias: bool = False
-    encoder_norm: bool = True
+    block: Callable[..., nn.Module]
+    cross_attention: Callable[..., nn.Module]
     norm_layer: NormLayer = LayerNorm
+    encoder_norm: bool = True
     sm_drop_path: tuple[float, ...] = ()
     lg_drop_path: tuple[float, ...] = ()
-    remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def setup(self):
-        common = dict(
-            qkv_bias=self.qkv_bias, norm_layer=self.norm_layer, dtype=self.dtype, param_dtype=self.param_dtype
-        )
-        block_cls = remat_if(TransformerBlock, self.remat)
-
-        def transformer(b: BranchSpec):
-            # cross_vit's Attention always has its output projection (unlike vit.py's project_out rule).
-            return Transformer(b.dim, b.depth, b.heads, b.dim_head, b.mlp_dim, self.dropout, remat=self.remat, **common)
-
-        def blocks(b: BranchSpec, rates: tuple[float, ...]):
-            rates = rates or (0.0,) * b.depth
-            return [
-                block_cls(b.dim, b.heads, b.dim_head, b.mlp_dim, self.dropout, drop_path=r, **common) for r in rates
-            ]
+        def branch_block(b: BranchSpec):
+            return functools.partial(self.block, b.dim, b.heads, b.dim_head, b.mlp_dim)
 
         if self.encoder_norm:
             if any(self.sm_drop_path + self.lg_drop_path):
                 raise ValueError("stochastic depth needs encoder_norm=False (vit-pytorch's Transformer has none)")
-            self.sm_encoder = transformer(self.sm)
-            self.lg_encoder = transformer(self.lg)
+            self.sm_encoder = Transformer(branch_block(self.sm), self.sm.depth, norm_layer=self.norm_layer)
+            self.lg_encoder = Transformer(branch_block(self.lg), self.lg.depth, norm_layer=self.norm_layer)
         else:
-            self.sm_blocks = blocks(self.sm, self.sm_drop_path)
-            self.lg_blocks = blocks(self.lg, self.lg_drop_path)
+            self.sm_blocks = [branch_block(self.sm)(drop_path=r) for r in self.sm_drop_path or (0.0,) * self.sm.depth]
+            self.lg_blocks = [branch_block(self.lg)(drop_path=r) for r in self.lg_drop_path or (0.0,) * self.lg.depth]
         self.setup_fusion()
 
     def setup_fusion(self) -> None:
@@ -337,18 +312,10 @@ class ProjectInOutBlock(MultiScaleBlock):
     cross_dim_head: int = 64
 
     def setup_fusion(self) -> None:
+        attention = functools.partial(self.cross_attention, heads=self.cross_heads, dim_head=self.cross_dim_head)
+
         def cross(dim: int, context_dim: int):
-            return ProjectedCrossAttention(
-                dim,
-                context_dim,
-                self.cross_heads,
-                self.cross_dim_head,
-                self.dropout,
-                self.qkv_bias,
-                self.norm_layer,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+            return ProjectedCrossAttention(dim, context_dim, attention, dtype=self.dtype, param_dtype=self.param_dtype)
 
         self.sm_attend_lg = [cross(self.sm.dim, self.lg.dim) for _ in range(self.cross_depth)]
         self.lg_attend_sm = [cross(self.lg.dim, self.sm.dim) for _ in range(self.cross_depth)]
@@ -378,8 +345,7 @@ class TokenProjectionBlock(MultiScaleBlock):
         def cross(b: BranchSpec):
             # Runs in the width of branch ``b`` with its heads (timm: num_heads[(d + 1) % 2]).
             return [
-                CrossAttention(b.dim, b.heads, b.dim_head, self.dropout, self.qkv_bias, norm_context=True, **kw)
-                for _ in range(self.cross_depth)
+                self.cross_attention(b.dim, b.heads, b.dim_head, norm_context=True) for _ in range(self.cross_depth)
             ]
 
         # The paper's f and g (timm's ``projs`` / ``revert_projs``): LayerNorm -> GELU -> Linear.
@@ -434,7 +400,7 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     return out
 
 
-class CrossViT(CoreModule):
+class CrossViT(CoreModule, CrossViTConfig.options_dataclass()):
     """CrossViT with vit-pytorch's constructor arguments (plus named options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum (``head_combine='sum'``,
@@ -450,47 +416,11 @@ class CrossViT(CoreModule):
     align_corners=False, no antialias: ``jax.image.resize(method='bicubic-pytorch', antialias=False)``), or
     centre-cropped with ``crop_scale`` when it is smaller. ``remat``, ``dtype``, ``param_dtype``: gradient
     checkpointing, computation and parameter dtypes.
+
+    Its fields are the constructor arguments of :class:`CrossViTConfig` (names, defaults, order), declared there once.
     """
 
     headless_output = "pooler_output"
-
-    image_size: int | tuple[int, int]
-    num_classes: int
-    sm_dim: int
-    lg_dim: int
-    sm_patch_size: int = 12
-    sm_enc_depth: int = 1
-    sm_enc_heads: int = 8
-    sm_enc_mlp_dim: int = 2048
-    sm_enc_dim_head: int = 64
-    lg_patch_size: int = 16
-    lg_enc_depth: int = 4
-    lg_enc_heads: int = 8
-    lg_enc_mlp_dim: int = 2048
-    lg_enc_dim_head: int = 64
-    cross_attn_depth: int = 2
-    cross_attn_heads: int | None = None
-    cross_attn_dim_head: int | None = None
-    depth: int = 3
-    dropout: float = 0.1
-    emb_dropout: float = 0.1
-    channels: int = 3
-    style: str | None = None
-    sm_image_size: int | tuple[int, int] | None = None
-    lg_image_size: int | tuple[int, int] | None = None
-    multi_conv: bool = False
-    qkv_bias: bool = False
-    crop_scale: bool = False
-    global_pool: str = "token"
-    layer_norm_eps: float = 1e-5
-    drop_path_rate: float = 0.0
-    patch_embedding: str | None = None
-    token_init: str | None = None
-    encoder_norm: bool | None = None
-    fusion: str | None = None
-    final_norm: bool | None = None
-    head_norm: bool | None = None
-    head_combine: str | None = None
 
     head_class = CrossViTHead
     config_class = CrossViTConfig
@@ -541,6 +471,10 @@ class CrossViT(CoreModule):
         rates = timm_drop_path_rates(
             self.drop_path_rate, self.depth, self.sm_enc_depth, self.lg_enc_depth, self.cross_attn_depth
         )
+        # The layers' configuration, given once (cross_vit's Attention always has its output projection).
+        layers = dict(dropout=self.dropout, qkv_bias=self.qkv_bias, norm_layer=norm_layer, **kw)
+        block = functools.partial(remat_if(TransformerBlock, self.remat), **layers)
+        cross_attention = functools.partial(CrossAttention, **layers)
         blocks = []
         for sm_rates, lg_rates, fusion_rate in rates:
             if self.fusion == "token_projection":
@@ -549,21 +483,8 @@ class CrossViT(CoreModule):
                 fusion = functools.partial(
                     ProjectInOutBlock, cross_heads=self.cross_attn_heads, cross_dim_head=self.cross_attn_dim_head
                 )
-            blocks.append(
-                fusion(
-                    sm,
-                    lg,
-                    self.cross_attn_depth,
-                    self.dropout,
-                    self.qkv_bias,
-                    self.encoder_norm,
-                    norm_layer,
-                    sm_rates,
-                    lg_rates,
-                    remat=self.remat,
-                    **kw,
-                )
-            )
+            multi_scale = (sm, lg, self.cross_attn_depth, block, cross_attention, norm_layer, self.encoder_norm)
+            blocks.append(fusion(*multi_scale, sm_rates, lg_rates, **kw))
         self.blocks = blocks
         if self.final_norm:
             self.sm_norm = norm_layer()

@@ -38,6 +38,7 @@ import numpy as np
 from ... import weight_tables as wt
 from ...layers import TRANSFORMERS_BLOCK, transformer_table
 from .configuration_vit import ViTConfig
+from .convert_vit import renamed_options
 
 MODEL_TYPES = ("vit", "deit")
 
@@ -316,18 +317,10 @@ def config_to_transformers(config: ViTConfig) -> dict[str, Any]:
     out: dict[str, Any] = dict(
         model_type=transformers_model_type(config),
         architectures=[transformers_architecture(config)],
-        hidden_size=config.dim,
-        num_hidden_layers=config.depth,
-        num_attention_heads=config.heads,
-        intermediate_size=config.mlp_dim,
         hidden_act=EXPORTED_ACTIVATIONS[config.mlp_activation],
-        hidden_dropout_prob=config.dropout,
-        attention_probs_dropout_prob=config.dropout,
-        layer_norm_eps=config.layer_norm_eps,
         image_size=config.image_size,
         patch_size=config.patch_size,
-        num_channels=config.channels,
-        qkv_bias=config.qkv_bias,
+        **renamed_options(config, "transformers"),
     )
     if config.num_labels > 0:
         out["id2label"] = {int(k): v for k, v in config.id2label.items()}

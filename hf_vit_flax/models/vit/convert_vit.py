@@ -465,6 +465,39 @@ def _fit_pos_embed(pos_embedding: np.ndarray, config: ViTConfig) -> np.ndarray:
     return resample_abs_pos_embed(pos_embedding, grid, num_prefix_tokens=in_pos)
 
 
+# -- the options timm and transformers take as they are, under their own names ---------------------------
+
+# One row per option: (our name, timm's VisionTransformer argument, transformers' ViTConfig field), None where
+# that reference has no such argument. What they compute from several options is set where they are built.
+RENAMED_OPTIONS = (
+    ("channels", "in_chans", "num_channels"),
+    ("dim", "embed_dim", "hidden_size"),
+    ("depth", "depth", "num_hidden_layers"),
+    ("heads", "num_heads", "num_attention_heads"),
+    ("mlp_dim", None, "intermediate_size"),
+    ("qkv_bias", "qkv_bias", "qkv_bias"),
+    ("layer_norm_eps", None, "layer_norm_eps"),
+    ("layer_scale_init", "init_values", None),
+    ("has_class_token", "class_token", None),
+    ("no_embed_class", "no_embed_class", None),
+    ("reg_tokens", "reg_tokens", None),
+    ("pre_norm", "pre_norm", None),
+    ("final_norm", "final_norm", None),
+    ("mlp_activation", "act_layer", None),
+    ("head_dropout", "drop_rate", None),
+    ("emb_dropout", "pos_drop_rate", None),
+    ("dropout", "proj_drop_rate", "hidden_dropout_prob"),
+    ("dropout", "attn_drop_rate", "attention_probs_dropout_prob"),
+    ("drop_path_rate", "drop_path_rate", None),
+)
+
+
+def renamed_options(config: ViTConfig, reference: str) -> dict[str, Any]:
+    """``config``'s options under the names of ``reference`` (``"timm"`` or ``"transformers"``): :data:`RENAMED_OPTIONS`."""
+    column = 1 + ("timm", "transformers").index(reference)
+    return {row[column]: getattr(config, row[0]) for row in RENAMED_OPTIONS if row[column] is not None}
+
+
 # -- back to timm: the architecture and arguments that rebuild a ViT there -----------------------------
 
 # timm builds its ViTs with LayerNorm eps 1e-6, and its CLIP towers with 1e-5; the arguments below
@@ -497,26 +530,10 @@ def timm_architecture(config: ViTConfig) -> tuple[str, dict[str, Any]]:
     args = dict(
         img_size=list(image_size),
         patch_size=list(patch_size),
-        in_chans=config.channels,
         num_classes=config.num_labels,
         global_pool={"cls": "token", "mean": "avg"}.get(config.pool, config.pool),
-        embed_dim=config.dim,
-        depth=config.depth,
-        num_heads=config.heads,
         mlp_ratio=mlp_ratio,
-        qkv_bias=config.qkv_bias,
-        init_values=config.layer_scale_init,
-        class_token=config.has_class_token,
-        no_embed_class=config.no_embed_class,
-        reg_tokens=config.reg_tokens,
-        pre_norm=config.pre_norm,
-        final_norm=config.final_norm,
         fc_norm=config.final_norm and config.fc_norm,
-        act_layer=config.mlp_activation,
-        drop_rate=config.head_dropout,
-        pos_drop_rate=config.emb_dropout,
-        proj_drop_rate=config.dropout,
-        attn_drop_rate=config.dropout,
-        drop_path_rate=config.drop_path_rate,
+        **renamed_options(config, "timm"),
     )
     return architecture, args

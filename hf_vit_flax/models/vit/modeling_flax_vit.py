@@ -16,6 +16,7 @@ The Hugging Face classes below are config-driven shells around the same module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -29,11 +30,13 @@ from ...layers import (
     Features,
     PatchEmbedding,
     Transformer,
+    TransformerBlock,
     check_divisible,
     check_image,
     interpolate_pos_embedding,
     norm_factory,
     pair,
+    remat_if,
 )
 from ...modeling_utils import FlaxVisionPreTrainedModel
 from .configuration_vit import ViTConfig, check_vit_options
@@ -61,7 +64,7 @@ class ViTHead(nn.Module):
         return self.head(pooled)
 
 
-class ViT(CoreModule):
+class ViT(CoreModule, ViTConfig.options_dataclass()):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``
@@ -75,36 +78,9 @@ class ViT(CoreModule):
     ``pooler=True`` (transformers' ``ViTPooler``; the head reads its output); or, for a distilled model,
     the class and distillation tokens
     stacked as ``(batch, 2, dim)`` (its two heads read one each).
-    """
 
-    image_size: int | tuple[int, int]
-    patch_size: int | tuple[int, int]
-    num_classes: int
-    dim: int
-    depth: int
-    heads: int
-    mlp_dim: int
-    pool: str = "cls"
-    channels: int = 3
-    dim_head: int = 64
-    dropout: float = 0.0
-    emb_dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
-    patch_embedding: str = "norm_linear"
-    patch_bias: bool = True
-    qkv_bias: bool = False
-    class_token: bool | None = None
-    reg_tokens: int = 0
-    distilled: bool = False
-    no_embed_class: bool = False
-    pre_norm: bool = False
-    final_norm: bool = True
-    fc_norm: bool = False
-    layer_scale_init: float | None = None
-    mlp_activation: str = "gelu"
-    drop_path_rate: float = 0.0
-    head_dropout: float = 0.0
-    pooler: bool = False
+    Its fields are the constructor arguments of :class:`ViTConfig` (names, defaults, order), declared there once.
+    """
 
     head_class = ViTHead
     config_class = ViTConfig
@@ -146,9 +122,9 @@ class ViT(CoreModule):
             self.norm_pre = norm_layer()
         # vit-pytorch drops the output projection when one head spans the whole width; timm never does.
         project_out = self.patch_embedding != "norm_linear" or not (self.heads == 1 and self.dim_head == self.dim)
-        self.transformer = Transformer(
+        block = functools.partial(
+            remat_if(TransformerBlock, self.remat),
             self.dim,
-            self.depth,
             self.heads,
             self.dim_head,
             self.mlp_dim,
@@ -157,12 +133,11 @@ class ViT(CoreModule):
             project_out=project_out,
             norm_layer=norm_layer,
             layer_scale_init=self.layer_scale_init,
-            drop_path_rate=self.drop_path_rate,
-            final_norm=self.final_norm and not self.fc_norm,
-            remat=self.remat,
             activation=self.mlp_activation,
             **kw,
         )
+        final_norm = norm_layer if self.final_norm and not self.fc_norm else None
+        self.transformer = Transformer(block, self.depth, self.drop_path_rate, final_norm)
         if self.pool == "map":
             self.attn_pool = AttentionPoolLatent(
                 self.dim, self.heads, self.mlp_dim, norm_layer, self.mlp_activation, **kw

@@ -198,20 +198,27 @@ class VisionTransformerConfig(PretrainedConfig):
         return family_of_config(self).core_module_class.kwargs_from_config(self)
 
     @classmethod
-    def options_dataclass(cls, *, exclude: tuple[str, ...] = ()) -> type:
+    def options_dataclass(cls, *, required: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> type:
         """The family's options as a dataclass, the base of its core module (``class ViT(CoreModule,
-        ViTConfig.options_dataclass())``): the names, annotations, defaults and order of this config's
-        ``__init__`` arguments, which declare each option once, for the config and the module.
+        ViTConfig.options_dataclass(required=...))``): the names, annotations, defaults and order of this
+        config's ``__init__`` arguments, which declare each option once, for the config and the module.
 
-        The module's ``num_classes`` defaults to the config's default number of labels; ``exclude`` names
-        arguments the module does not take (CrossFormer's ``image_size``: it takes any size).
+        ``required`` names the arguments the module, like its vit-pytorch reference, has no default for
+        (the config has one for each); they lead the signature. The module's ``num_classes`` defaults to the
+        config's default number of labels; ``exclude`` names arguments the module does not take
+        (CrossFormer's ``image_size``: it takes any size).
         """
         fields = []
         for name, param in inspect.signature(cls.__init__).parameters.items():
             if name == "self" or param.kind is param.VAR_KEYWORD or name in exclude:
                 continue
+            if name in required:
+                fields.append((name, param.annotation))
+                continue
             default = DEFAULT_NUM_CLASSES if name == "num_classes" else param.default
             fields.append((name, param.annotation, dataclasses.field(default=default)))
+        if [field[0] for field in fields[: len(required)]] != list(required):
+            raise TypeError(f"{cls.__name__}: the required options {required} must lead its __init__ arguments")
         return dataclasses.make_dataclass(f"{cls.family_name}Options", fields, eq=False)
 
     def set_options(self, options: Mapping[str, Any]) -> None:

@@ -4,6 +4,7 @@ jax.tree.map for the aliases JAX removed) and has vit-pytorch's parameter count,
 The models have 29M to 122M parameters: the snippet's steps are traced with ``jax.eval_shape``, which checks
 every shape without computing; the family tests run small models of each for real."""
 
+import dataclasses
 import re
 
 import jax
@@ -63,3 +64,18 @@ def test_seed_readme_snippet(name):
     family = next(f for f in FAMILIES.values() if f.core_module_class.__name__ == name)
     model = family.classifier_class(family.config_class(**kwargs), _do_init=False)
     assert sum(np.prod(x.shape) for x in jax.tree.leaves(model.params_shape_tree)) == torch_count
+
+
+@pytest.mark.parametrize("name", REFERENCES)
+def test_the_arguments_vit_pytorch_requires_are_required(name):
+    """The constructor takes vit-pytorch's arguments with its defaults: no default where it has none."""
+    import inspect
+
+    reference = inspect.signature(REFERENCES[name].__init__).parameters
+    required = [p for p, param in reference.items() if p != "self" and param.default is param.empty]
+    ours = {field.name: field for field in dataclasses.fields(getattr(hf_vit_flax, name))}
+    for argument, param in reference.items():
+        if argument == "self" or param.kind is param.VAR_KEYWORD:
+            continue
+        has_default = ours[argument].default is not dataclasses.MISSING
+        assert has_default == (argument not in required), argument

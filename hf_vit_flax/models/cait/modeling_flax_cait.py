@@ -359,7 +359,11 @@ class CaiTStack(nn.Module):
         return x, hidden_states, attentions
 
 
-class CaiT(CoreModule, CaiTConfig.options_dataclass()):
+# The arguments vit-pytorch's constructor requires (it has a default for the rest).
+SEED_REQUIRED = ("image_size", "patch_size", "num_classes", "dim", "depth", "cls_depth", "heads", "mlp_dim")
+
+
+class CaiT(CoreModule, CaiTConfig.options_dataclass(required=SEED_REQUIRED)):
     """Class-Attention in Image Transformers, with vit-pytorch's constructor arguments; NHWC images.
 
     ``CaiT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``

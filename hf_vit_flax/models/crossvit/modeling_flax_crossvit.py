@@ -400,7 +400,11 @@ def timm_drop_path_rates(rate: float, depth: int, sm_depth: int, lg_depth: int, 
     return out
 
 
-class CrossViT(CoreModule, CrossViTConfig.options_dataclass()):
+# The arguments vit-pytorch's constructor requires (it has a default for the rest).
+SEED_REQUIRED = ("image_size", "num_classes", "sm_dim", "lg_dim")
+
+
+class CrossViT(CoreModule, CrossViTConfig.options_dataclass(required=SEED_REQUIRED)):
     """CrossViT with vit-pytorch's constructor arguments (plus named options); NHWC images.
 
     ``CrossViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``: the sum (``head_combine='sum'``,

@@ -64,7 +64,11 @@ class ViTHead(nn.Module):
         return self.head(pooled)
 
 
-class ViT(CoreModule, ViTConfig.options_dataclass()):
+# The arguments vit-pytorch's constructor requires (it has a default for the rest).
+SEED_REQUIRED = ("image_size", "patch_size", "num_classes", "dim", "depth", "heads", "mlp_dim")
+
+
+class ViT(CoreModule, ViTConfig.options_dataclass(required=SEED_REQUIRED)):
     """Vision Transformer with vit-pytorch's constructor arguments; NHWC images.
 
     ``ViT(...)(img, train=False)`` returns logits ``(batch, num_classes)``; with ``num_classes <= 0``

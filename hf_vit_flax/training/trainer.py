@@ -168,8 +168,6 @@ def train(config: TrainConfig) -> TrainResult:
     init_distributed(config)
 
     import jax
-    import jax.numpy as jnp
-    import optax
     import orbax.checkpoint as ocp
     from jax.experimental import multihost_utils
     from jax.sharding import Mesh, NamedSharding
@@ -188,14 +186,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     devices = jax.devices()
     num_devices, num_hosts = len(devices), jax.process_count()
-    if config.micro_batch_size % num_devices:
-        what = f"batch size {config.batch_size}" + (
-            f" / grad accumulation {config.grad_accum} = {config.micro_batch_size}" if config.grad_accum > 1 else ""
-        )
-        raise ValueError(
-            f"the {what} is not divisible by the {num_devices} devices: each device takes an equal part of a batch; "
-            f"use a multiple of {num_devices}"
-        )
+    _check_batch_divides(config, num_devices)
 
     dataset = data_lib.load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
     model, base_model = load_model(
@@ -230,73 +221,12 @@ def train(config: TrainConfig) -> TrainResult:
         call_order=module_call_order(model) if config.layer_decay is not None else None,
     )
 
-    # -- state on the mesh
     mesh = Mesh(np.asarray(devices), ("data",))
     replicated = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P("data"))
-
-    def sharding_of(leaf) -> NamedSharding:
-        return NamedSharding(mesh, fsdp_spec(leaf.shape, num_devices) if config.fsdp else P())
-
-    host_params = jax.tree.map(np.asarray, model.params)
-    abstract_state = jax.eval_shape(
-        lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)}, host_params
-    )
-    state_shardings = jax.tree.map(sharding_of, abstract_state)
+    state, abstract_state, state_shardings = _state_on_mesh(model.params, tx, mesh, fsdp=config.fsdp)
     sharded_arrays = sum(not s.is_fully_replicated for s in jax.tree.leaves(state_shardings["params"]))
-    params = jax.tree.map(
-        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
-        host_params,
-        state_shardings["params"],
-    )
-    state = jax.jit(
-        lambda p: {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)},
-        out_shardings=state_shardings,
-    )(params)
-    del params
-
-    module, rng = model.module, jax.random.key(config.seed)
-
-    def forward(params, pixel_values, train: bool, dropout_rng=None):
-        # As FlaxVisionPreTrainedModel.__call__: NCHW in, transposed once to the modules' NHWC.
-        return module.apply(
-            {"params": params},
-            jnp.transpose(pixel_values, (0, 2, 3, 1)),
-            deterministic=not train,
-            rngs={"dropout": dropout_rng} if train else {},
-        ).logits.astype(jnp.float32)
-
-    def train_step(state, batch):
-        step = state["step"]
-
-        def loss_fn(params):
-            if config.freeze_backbone:  # linear probing: no gradient into the backbone at all
-                params = {**params, prefix: jax.lax.stop_gradient(params[prefix])}
-            logits = forward(params, batch["pixel_values"], True, jax.random.fold_in(rng, step))
-            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), config.label_smoothing)
-            weight = batch["weight"]
-            loss = jnp.sum(optax.softmax_cross_entropy(logits, targets) * weight) / jnp.maximum(weight.sum(), 1.0)
-            correct = jnp.sum((logits.argmax(-1) == batch["label"]) * weight)
-            return loss, (correct, weight.sum())
-
-        (loss, (correct, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": loss, "correct": correct, "count": count, "grad_norm": optax.global_norm(grads)}
-        return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
-
-    train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, replicated))
-
-    def eval_step(params, batch):
-        logits = forward(params, batch["pixel_values"], False)
-        weight = batch["weight"]
-        targets = jax.nn.one_hot(batch["label"], num_classes)
-        loss = jnp.sum(optax.softmax_cross_entropy(logits, targets) * weight)
-        predicted = jax.nn.one_hot(logits.argmax(-1), num_classes)
-        confusion = jnp.einsum("bi,bj->ij", targets * weight[:, None], predicted)
-        return {"loss": loss, "confusion": confusion}
-
-    eval_step = jax.jit(eval_step, out_shardings=replicated)
+    train_step, eval_step = _step_functions(model, tx, config, num_classes, state_shardings, replicated)
 
     def to_global(batch: dict) -> dict:
         return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v)) for k, v in batch.items()}
@@ -306,17 +236,7 @@ def train(config: TrainConfig) -> TrainResult:
 
     def evaluate(params) -> dict[str, Any]:
         batches, _ = data_lib.eval_pipeline(val_pre, host_batch=eval_per_host, workers=config.workers)
-        confusion, loss = np.zeros((num_classes, num_classes)), 0.0
-        for batch in batches:
-            out = eval_step(params, to_global(batch))
-            confusion += to_host(out["confusion"])
-            loss += float(to_host(out["loss"]))
-        total = confusion.sum()
-        return {
-            "accuracy": float(np.trace(confusion) / max(total, 1)),
-            "loss": loss / max(total, 1),
-            "confusion": confusion.astype(int).tolist(),
-        }
+        return _evaluate(eval_step, params, (to_global(batch) for batch in batches), num_classes)
 
     # -- checkpoints, and where a resumed run stands
     pipeline = data_lib.train_pipeline(train_pre, seed=config.seed, host_batch=micro_per_host, workers=config.workers)
@@ -331,15 +251,14 @@ def train(config: TrainConfig) -> TrainResult:
         import grain
 
         resumed_from = manager.latest_step()
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
+        )
         restored = manager.restore(
             resumed_from,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(
-                    jax.tree.map(
-                        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
-                    )
-                ),
-                data=grain.checkpoint.CheckpointRestore(iterator),
+                state=ocp.args.StandardRestore(target),
+                data=grain.checkpoint.CheckpointRestore(iterator),  # the iterator continues where it stood
                 progress=ocp.args.JsonRestore(),
             ),
         )
@@ -389,17 +308,12 @@ def train(config: TrainConfig) -> TrainResult:
                 continue
             step = micro_step // accum
             if step % 10 == 0 or step == total_steps or step % eval_every == 0:
-                values = {k: float(np.mean([to_host(m[k]) for m in window])) for k in ("loss", "grad_norm")}
-                seen = sum(float(to_host(m["count"])) for m in window)
-                accuracy = sum(float(to_host(m["correct"])) for m in window) / max(seen, 1)
                 now = time.time()
                 record = {
                     "step": step,
                     "epoch": step / steps_per_epoch,
                     "lr": float(schedule(step - 1)),
-                    "train_loss": values["loss"],
-                    "train_accuracy": accuracy,
-                    "grad_norm": values["grad_norm"],
+                    **_train_metrics(window),
                     "images_per_s": len(window) * config.micro_batch_size / max(now - tick, 1e-9),
                 }
                 metrics_log.write(record)
@@ -453,14 +367,135 @@ def train(config: TrainConfig) -> TrainResult:
         params=final_params,
     )
     if config.push_to_hub and is_main:
-        from ..hub import upload_folder
-
-        files = sorted(
-            n for n in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, n)) and n != RUN_FILE
-        )
-        upload_folder(output_dir, config.push_to_hub, files=files, commit_message="Fine-tuned with hf-vit-flax train")
+        _push_to_hub(output_dir, config.push_to_hub)
     multihost_utils.sync_global_devices("hf_vit_flax.train: done")
     return result
+
+
+def _check_batch_divides(config: TrainConfig, num_devices: int) -> None:
+    if config.micro_batch_size % num_devices:
+        what = f"batch size {config.batch_size}" + (
+            f" / grad accumulation {config.grad_accum} = {config.micro_batch_size}" if config.grad_accum > 1 else ""
+        )
+        raise ValueError(
+            f"the {what} is not divisible by the {num_devices} devices: each device takes an equal part of a batch; "
+            f"use a multiple of {num_devices}"
+        )
+
+
+def _push_to_hub(output_dir: str, repo_id: str) -> None:
+    """Upload the saved best model (its files, not the checkpoints or the run's own record)."""
+    from ..hub import upload_folder
+
+    files = sorted(n for n in os.listdir(output_dir) if os.path.isfile(os.path.join(output_dir, n)) and n != RUN_FILE)
+    upload_folder(output_dir, repo_id, files=files, commit_message="Fine-tuned with hf-vit-flax train")
+
+
+def _state_on_mesh(params, tx, mesh, *, fsdp: bool):
+    """The train state ``{"params", "opt_state", "step"}`` placed on ``mesh``: replicated, or with FSDP each
+    array split along the ``data`` axis (``fsdp_spec``). Returns the state, its abstract shape (what a
+    checkpoint restores into) and its shardings."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    num_devices = mesh.devices.size
+
+    def sharding_of(leaf) -> NamedSharding:
+        return NamedSharding(mesh, fsdp_spec(leaf.shape, num_devices) if fsdp else P())
+
+    def initial_state(p):
+        return {"params": p, "opt_state": tx.init(p), "step": jnp.zeros((), jnp.int32)}
+
+    host_params = jax.tree.map(np.asarray, params)
+    abstract_state = jax.eval_shape(initial_state, host_params)
+    state_shardings = jax.tree.map(sharding_of, abstract_state)
+    placed = jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+        host_params,
+        state_shardings["params"],
+    )
+    state = jax.jit(initial_state, out_shardings=state_shardings)(placed)
+    return state, abstract_state, state_shardings
+
+
+def _step_functions(model, tx, config: TrainConfig, num_classes: int, state_shardings, replicated):
+    """The jitted ``train_step(state, batch) -> (state, metrics)`` (the state's buffers donated) and
+    ``eval_step(params, batch) -> {"loss", "confusion"}``; a batch holds NCHW ``pixel_values``, ``label``
+    and ``weight`` (0 for the padding of a last, short batch)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    module, prefix, rng = model.module, model.base_model_prefix, jax.random.key(config.seed)
+
+    def forward(params, pixel_values, train: bool, dropout_rng=None):
+        # As FlaxVisionPreTrainedModel.__call__: NCHW in, transposed once to the modules' NHWC.
+        return module.apply(
+            {"params": params},
+            jnp.transpose(pixel_values, (0, 2, 3, 1)),
+            deterministic=not train,
+            rngs={"dropout": dropout_rng} if train else {},
+        ).logits.astype(jnp.float32)
+
+    def train_step(state, batch):
+        step = state["step"]
+
+        def loss_fn(params):
+            if config.freeze_backbone:  # linear probing: no gradient into the backbone at all
+                params = {**params, prefix: jax.lax.stop_gradient(params[prefix])}
+            logits = forward(params, batch["pixel_values"], True, jax.random.fold_in(rng, step))
+            targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), config.label_smoothing)
+            weight = batch["weight"]
+            loss = jnp.sum(optax.softmax_cross_entropy(logits, targets) * weight) / jnp.maximum(weight.sum(), 1.0)
+            correct = jnp.sum((logits.argmax(-1) == batch["label"]) * weight)
+            return loss, (correct, weight.sum())
+
+        (loss, (correct, count)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "correct": correct, "count": count, "grad_norm": optax.global_norm(grads)}
+        return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
+
+    train_step = jax.jit(train_step, donate_argnums=0, out_shardings=(state_shardings, replicated))
+
+    def eval_step(params, batch):
+        logits = forward(params, batch["pixel_values"], False)
+        weight = batch["weight"]
+        targets = jax.nn.one_hot(batch["label"], num_classes)
+        loss = jnp.sum(optax.softmax_cross_entropy(logits, targets) * weight)
+        predicted = jax.nn.one_hot(logits.argmax(-1), num_classes)
+        confusion = jnp.einsum("bi,bj->ij", targets * weight[:, None], predicted)
+        return {"loss": loss, "confusion": confusion}
+
+    eval_step = jax.jit(eval_step, out_shardings=replicated)
+    return train_step, eval_step
+
+
+def _evaluate(eval_step, params, batches, num_classes: int) -> dict[str, Any]:
+    """Accuracy, mean loss and confusion matrix (rows: true class) of ``params`` over ``batches``."""
+    confusion, loss = np.zeros((num_classes, num_classes)), 0.0
+    for batch in batches:
+        out = eval_step(params, batch)
+        confusion += to_host(out["confusion"])
+        loss += float(to_host(out["loss"]))
+    total = confusion.sum()
+    return {
+        "accuracy": float(np.trace(confusion) / max(total, 1)),
+        "loss": loss / max(total, 1),
+        "confusion": confusion.astype(int).tolist(),
+    }
+
+
+def _train_metrics(window: list[dict]) -> dict[str, float]:
+    """Mean loss and gradient norm, and the accuracy, over the steps since the last record."""
+    seen = sum(float(to_host(m["count"])) for m in window)
+    return {
+        "train_loss": float(np.mean([to_host(m["loss"]) for m in window])),
+        "train_accuracy": sum(float(to_host(m["correct"])) for m in window) / max(seen, 1),
+        "grad_norm": float(np.mean([to_host(m["grad_norm"]) for m in window])),
+    }
 
 
 def _check_model_takes(model, preprocess, dataset) -> None:

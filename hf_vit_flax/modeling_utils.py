@@ -20,6 +20,7 @@ Everything here is written once against that vocabulary:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import OrderedDict
 from typing import Any, ClassVar
 
@@ -43,16 +44,29 @@ _JITTED_INITS: OrderedDict = OrderedDict()
 _JITTED_INITS_KEPT = 16
 
 
+# Config entries that name or describe a checkpoint, or choose what a forward pass returns: the parameters
+# ``init`` creates do not depend on them.
+_NOT_PARAMETER_SHAPING = (
+    "_name_or_path",
+    "architectures",
+    "transformers_version",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+)
+
+
 def _module_key(module: nn.Module) -> tuple | None:
-    """The value of a shell module (its class and fields, the config as its JSON), or ``None`` if a field
-    cannot be hashed."""
+    """The value of a shell module as far as its parameters go (its class and fields, the config as JSON
+    without ``_NOT_PARAMETER_SHAPING``), or ``None`` if a field cannot be hashed."""
     fields = []
     for field in dataclasses.fields(module):
         if field.name in ("parent", "name"):
             continue
         value = getattr(module, field.name)
         if isinstance(value, PretrainedConfig):
-            value = value.to_json_string(use_diff=False)
+            entries = {k: v for k, v in value.to_dict().items() if k not in _NOT_PARAMETER_SHAPING}
+            value = json.dumps(entries, sort_keys=True, default=str)
         try:
             hash(value)
         except TypeError:
@@ -64,7 +78,8 @@ def _module_key(module: nn.Module) -> tuple | None:
 def _jitted_init(module: nn.Module, options: dict):
     """``jax.jit(module.init)``, one per module value (the last ``_JITTED_INITS_KEPT``): a second model of the
     same configuration in one process (loading a checkpoint twice, a sweep, a test suite) reuses the first
-    one's trace and compiled program instead of tracing the whole network again."""
+    one's trace and compiled program instead of tracing the whole network again. Only the parameters of
+    what it returns are used (the first module's outputs may have been other ones)."""
     key = _module_key(module)
     if key is None:
         return jax.jit(module.init, static_argnames="return_dict", compiler_options=options or None)

@@ -278,8 +278,9 @@ def test_a_headless_checkpoint_is_a_clear_error_for_the_classifier_or_gets_a_new
 
 def test_a_second_model_of_one_configuration_reuses_the_traced_init():
     """Building a model traces and compiles its ``init`` once per configuration in a process: an equal
-    configuration (a new object) reuses it, with the same values for the same seed; another seed gives
-    other values; another configuration or dtype gets its own."""
+    configuration (a new object, or one that differs in what the forward pass returns or in its name)
+    reuses it, with the same values for the same seed; another seed gives other values; another
+    configuration or dtype gets its own."""
     from hf_vit_flax import modeling_utils
 
     def config(**changes):
@@ -289,6 +290,7 @@ def test_a_second_model_of_one_configuration_reuses_the_traced_init():
     first = FlaxViTModel(config())
     kept = dict(modeling_utils._JITTED_INITS)
     second, reseeded = FlaxViTModel(config()), FlaxViTModel(config(), seed=1)
+    FlaxViTModel(config(output_attentions=True, output_hidden_states=True, name_or_path="elsewhere"))
     assert dict(modeling_utils._JITTED_INITS).keys() == kept.keys()  # no new trace
     leaves = [flatten_dict(m.params) for m in (first, second, reseeded)]
     assert all(np.array_equal(leaves[0][k], leaves[1][k]) for k in leaves[0])
